@@ -1,0 +1,545 @@
+"""The training loop: D then G each step, as in the paper, plus what makes a run dependable.
+
+`train(cfg)` does everything a run needs: device and data set-up, the models, the loop,
+per-epoch evaluation, samples, checkpoints and exact resume. The CLI only builds the config.
+
+Speed by construction: the data split lives on the device as one uint8 tensor; each step
+samples indices, augments and corrupts with batched tensor ops; losses stay on the device
+and are read back only at log intervals (CPU runs also check them every step, which costs
+nothing there). Multi-process runs use torchrun + DistributedDataParallel (see README).
+
+Test hook: TINYPIX2PIX_FAULT_NAN_STEP=N makes the losses of global step N non-finite.
+"""
+import json
+import math
+import os
+import random
+import signal
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from . import dist
+from .config import TrainConfig, changed_from_default
+from .data import ImageData, load_source
+from .errors import UserError
+from .images import sample_grid, save_png, to_model
+from .metrics import evaluate
+from .models import PatchGANDiscriminator, build_generator, count_parameters, generator_config, init_weights, zero_last_layer
+from .tasks import Pairing, build_task
+
+EVAL_SEED = 1234  # fixes the corruption of the evaluation pairs in every run
+N_SAMPLES = 8  # test images shown in each epoch's sample grid
+# Fields that may differ when resuming; every other field must match the saved run.
+RESUME_MUTABLE = {"epochs", "epochs_decay", "max_steps", "model_dir", "device", "log_interval", "save_every",
+                  "num_workers", "resume", "eval_images", "dry_run", "nan_policy", "max_nan_skips", "dataset_root",
+                  "compile"}
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the state was saved. The CLI exits with 128 + signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+# --- device and precision -------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    """cuda falls back to CPU with a one-line warning; auto picks cuda > mps > cpu."""
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            dist.print0("warning: CUDA is not available; training on the CPU instead")
+            return torch.device("cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device):
+    """The autocast dtype, or None for fp32. auto = bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# --- data on the device ------------------------------------------------------------------------
+
+def augment(x: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip (and pad-4 random crop) of a float batch, one draw per image."""
+    if mode == "none":
+        return x
+    n, _, h, w = x.shape
+    flip = torch.rand(n, device=x.device, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if mode == "flip+crop":
+        pad = 4
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, n), device=x.device, generator=g)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (n, 1, h, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (n, 1, 1, w)
+        x = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                   torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    return x
+
+
+def epoch_order(n: int, epoch: int, seed: int, batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's sample order for one epoch: a permutation fixed by (seed, epoch), sharded so
+    ranks draw disjoint indices; whole batches only (the remainder waits for the next epoch)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    steps = n // (batch * world)
+    return perm[rank::world][: steps * batch]
+
+
+# --- the GAN --------------------------------------------------------------------------------
+
+class Pix2Pix:
+    """Generator, discriminator, their optimizers and one training step."""
+
+    def __init__(self, cfg: TrainConfig, gen_cfg: dict, device, autocast_dtype, channels_last: bool):
+        self.cfg, self.device, self.dtype = cfg, device, autocast_dtype
+        self.G = build_generator(gen_cfg).to(device)
+        self.D = PatchGANDiscriminator(gen_cfg["in_channels"] + gen_cfg["out_channels"], cfg.ndf,
+                                       cfg.disc_layers, cfg.norm).to(device)
+        init_weights(self.G)
+        init_weights(self.D)
+        if gen_cfg["residual"]:
+            zero_last_layer(self.G)
+        if channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        if dist.world_size() > 1 and device.type == "cuda":  # SyncBatchNorm works on CUDA only
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+            self.D = nn.SyncBatchNorm.convert_sync_batchnorm(self.D)
+        fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        betas = (cfg.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.learning_rate, betas=betas, **fast)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.learning_rate, betas=betas, **fast)
+        # Paper's schedule: constant for `epochs`, then linear decay to 0 over `epochs_decay`.
+        rule = lambda e: 1.0 - max(0, e + 1 - cfg.epochs) / float(cfg.epochs_decay + 1)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, rule)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, rule)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+        # What the loop calls: DDP and/or compiled wrappers; self.G / self.D stay plain for saving.
+        self.g_train, self.d_train, self.d_frozen = self.G, self.D, self.D
+        if dist.world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            # broadcast_buffers=False: D runs twice per step; BatchNorm statistics are averaged per epoch instead.
+            self.g_train = DDP(self.G, device_ids=ids, broadcast_buffers=False)
+            self.d_train = DDP(self.D, device_ids=ids, broadcast_buffers=False)
+        if cfg.compile:
+            self.g_train = torch.compile(self.g_train)
+            self.d_train = torch.compile(self.d_train)
+            self.d_frozen = self.d_train if dist.world_size() == 1 else torch.compile(self.D)
+        elif dist.world_size() == 1:
+            self.d_frozen = self.d_train
+        self.bce = nn.BCEWithLogitsLoss()
+        self.fault_step = int(os.environ.get("TINYPIX2PIX_FAULT_NAN_STEP", 0))
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    def step(self, a, b, step: int, check_finite: bool) -> torch.Tensor:
+        """One update of D then G; returns the detached losses [d, g_gan, g_l1] (no host sync
+        unless check_finite, when a non-finite loss skips the update and returns early)."""
+        poison = float("nan") if step == self.fault_step else 1.0
+        # (1) update D: maximize log D(a, b) + log(1 - D(a, G(a)))
+        self.D.requires_grad_(True)
+        with self.autocast():
+            fake = self.g_train(a)
+            pred_real = self.d_train(a, b)
+            pred_fake = self.d_train(a, fake.detach())
+            loss_d = 0.5 * (self.bce(pred_real, torch.ones_like(pred_real)) +
+                            self.bce(pred_fake, torch.zeros_like(pred_fake))) * poison
+        if check_finite and not torch.isfinite(loss_d):
+            return torch.stack([loss_d.detach().float(), loss_d.detach().float(), loss_d.detach().float()])
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+        # (2) update G: first, G(a) should fake the discriminator; second, G(a) = b (L1)
+        self.D.requires_grad_(False)  # no weight gradients for D in G's backward
+        with self.autocast():
+            pred_fake = self.d_frozen(a, fake)
+            loss_g_gan = self.bce(pred_fake, torch.ones_like(pred_fake))
+            loss_g_l1 = F.l1_loss(fake.float(), b)
+            loss_g = loss_g_gan + self.cfg.lambda_l1 * loss_g_l1
+        losses = torch.stack([loss_d.detach().float(), loss_g_gan.detach().float(), loss_g_l1.detach().float()])
+        if check_finite and not torch.isfinite(loss_g):
+            self.scaler.update()
+            return losses
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        return losses
+
+    def state_dict(self) -> dict:
+        return {"generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.G.load_state_dict(s["generator"])
+        self.D.load_state_dict(s["discriminator"])
+        self.opt_g.load_state_dict(s["opt_g"])
+        self.opt_d.load_state_dict(s["opt_d"])
+        self.sched_g.load_state_dict(s["sched_g"])
+        self.sched_d.load_state_dict(s["sched_d"])
+        self.scaler.load_state_dict(s["scaler"])
+
+    def sync_buffers(self) -> None:
+        """Average BatchNorm running statistics over ranks (DDP runs without buffer broadcasts)."""
+        if dist.world_size() > 1:
+            import torch.distributed as tdist
+
+            for module in (self.G, self.D):
+                for buf in module.buffers():
+                    if buf.is_floating_point():
+                        tdist.all_reduce(buf)
+                        buf /= dist.world_size()
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+def merge_resume_config(saved: dict, cfg: TrainConfig, explicit: set) -> TrainConfig:
+    """The saved run's settings, updated with flags given now; changing a setting that would
+    make the resumed run a different run is an error naming the flag."""
+    merged = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in saved.items() if k in cfg.to_dict()}})
+    for name in explicit:
+        now, before = getattr(cfg, name), saved.get(name)
+        if name not in RESUME_MUTABLE and now != before:
+            raise UserError(f"--{name.replace('_', '-')} {now} differs from the run being resumed ({before}); "
+                            f"resume with the same setting or start a new --model-dir")
+        setattr(merged, name, now)
+    for name in ("model_dir", "resume", "device"):
+        setattr(merged, name, getattr(cfg, name))
+    return merged.validate()
+
+
+def rng_state(data_gen: torch.Generator) -> dict:
+    s = {"python": random.getstate(), "torch": torch.get_rng_state(), "data": data_gen.get_state(),
+         "data_device": str(data_gen.device)}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict, data_gen: torch.Generator) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in s["python"]))
+    torch.set_rng_state(s["torch"])
+    if s.get("data_device") == str(data_gen.device):
+        data_gen.set_state(s["data"])
+    else:
+        dist.print0(f"warning: the state was saved on {s.get('data_device')}, resuming on {data_gen.device}: "
+                    f"data sampling continues, but not bit-identically")
+    if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and stops."""
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a notebook worker)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def prepare_data(cfg: TrainConfig, device):
+    """Load the source, build the task and the fixed evaluation pairs."""
+    data: ImageData = load_source(cfg.dataset, cfg.dataset_root, cfg.image_size)
+    if data.paired:
+        if cfg.task != "identity":
+            raise UserError(f"--dataset {cfg.dataset} holds its own pairs; leave --task at identity (got {cfg.task!r})")
+        if cfg.direction == "BtoA":
+            data.train_a, data.train_b, data.test_a, data.test_b = data.train_b, data.train_a, data.test_b, data.test_a
+        task = Pairing()
+    else:
+        task = build_task(cfg.task, cfg.task_arg)
+    if len(data.test_b) == 0:
+        raise UserError(f"{cfg.dataset}: the test split is empty")
+    test_b = data.test_b if not cfg.eval_images else data.test_b[: cfg.eval_images]
+    g = torch.Generator(device=device).manual_seed(EVAL_SEED)
+    eval_b, eval_a = [], []
+    for i in range(0, len(test_b), 1024):
+        b = to_model(test_b[i:i + 1024].to(device))
+        eval_b.append(b)
+        eval_a.append(to_model(data.test_a[i:i + 1024].to(device)) if data.paired else task(b, g))
+    return data, task, torch.cat(eval_a), torch.cat(eval_b)
+
+
+def train(cfg: TrainConfig, explicit: set = frozenset()) -> dict:
+    """Run training as configured; returns the last epoch's metrics."""
+    device = resolve_device(cfg.device)
+    dist.init(device.type)
+    try:
+        return _train(cfg, explicit, device)
+    finally:
+        dist.cleanup()
+
+
+def _train(cfg: TrainConfig, explicit: set, device) -> dict:
+    rank, world = dist.rank(), dist.world_size()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank())
+        torch.cuda.set_device(device)
+    resumed = None
+    if cfg.resume:
+        path, state = ckpt.find_resume_state(cfg.resume, cfg.model_dir, warn=dist.print0)
+        cfg = merge_resume_config(state["config"], cfg, explicit)
+        resumed = (path, state)
+    out = Path(cfg.model_dir)
+    if dist.is_main():
+        ckpt.check_writable(out)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed + rank)  # per-rank seeds: different dropout and augmentation per process
+    data_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
+
+    data, task, eval_a, eval_b = prepare_data(cfg, device)
+    train_b = data.train_b.to(device)
+    train_a = data.train_a.to(device) if data.paired else None
+    in_ch = train_a.shape[1] if data.paired else task.input_channels(train_b.shape[1])
+    out_ch = train_b.shape[1]
+    residual = {"on": True, "off": False, "auto": task.residual_default}[cfg.residual]
+    if residual and in_ch < out_ch and in_ch != 1:
+        raise UserError(f"--residual on needs the input to have the output's {out_ch} channels (or 1); it has {in_ch}")
+    gen_cfg = generator_config(cfg.generator, in_ch, out_ch, cfg.ngf, cfg.depth, cfg.norm, cfg.dropout, residual)
+    if cfg.image_size % 2 ** cfg.depth:
+        build_generator(gen_cfg).check_size(cfg.image_size, cfg.image_size)  # raises with the nearest sizes
+    steps_per_epoch = len(train_b) // (cfg.batch_size * world)
+    if steps_per_epoch == 0:
+        raise UserError(f"{cfg.dataset} has {len(train_b)} training images, fewer than one batch "
+                        f"(--batch-size {cfg.batch_size} x {world} process(es))")
+    autocast_dtype = resolve_precision(cfg.precision, device)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    model = Pix2Pix(cfg, gen_cfg, device, autocast_dtype, channels_last)
+    total_epochs = cfg.epochs + cfg.epochs_decay
+
+    dist.print0(f"device {device} ({world} process(es)), precision {cfg.precision if autocast_dtype else 'fp32'}"
+                f"{', compiled' if cfg.compile else ''}")
+    dist.print0(f"data   {data.describe()}; task {task.name}; {steps_per_epoch} steps/epoch of {cfg.batch_size}")
+    dist.print0(f"G      {cfg.generator} U-Net, {count_parameters(model.G) / 1e6:.2f} M parameters "
+                f"({in_ch} -> {out_ch} channels, residual {'on' if residual else 'off'})")
+    grid, rf = model.D.output_size(cfg.image_size), model.D.receptive_field()
+    scope = "sees the whole image" if rf >= cfg.image_size else "judges patches"
+    dist.print0(f"D      PatchGAN, {count_parameters(model.D) / 1e6:.2f} M parameters, {grid}x{grid} logits at "
+                f"{cfg.image_size} px, receptive field {rf} px ({scope})")
+    if cfg.dry_run:
+        dist.print0(json.dumps(cfg.to_dict(), indent=2))
+        return {}
+
+    epoch, epoch_step, step, best, nan_skips = 0, 0, 0, -math.inf, 0
+    sums = torch.zeros(3, device=device)
+    if resumed:
+        path, state = resumed
+        model.load_state_dict(state)
+        epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
+        best, nan_skips, sums = state["best_psnr"], state["nan_skips"], state["loss_sums"].to(device)
+        set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)], data_gen)
+        dist.print0(f"resumed from {path} at epoch {epoch + 1}, step {step}")
+    if dist.is_main():
+        ckpt.save_json({"config": cfg.to_dict(), "changed_from_default": changed_from_default(cfg),
+                        "generator": gen_cfg}, out / "options.json")
+        _trim_metrics(out / "metrics.jsonl", keep_before=epoch + 1)
+
+    def save_training_state():
+        states = [None] * world
+        mine = rng_state(data_gen)
+        if world > 1:
+            import torch.distributed as tdist
+
+            tdist.all_gather_object(states, mine)
+        else:
+            states = [mine]
+        if dist.is_main():
+            ckpt.save_state({**model.state_dict(), "config": cfg.to_dict(), "generator_config": gen_cfg,
+                             "epoch": epoch, "epoch_step": epoch_step, "step": step, "best_psnr": best,
+                             "nan_skips": nan_skips, "loss_sums": sums.cpu(), "rng": states}, out, step)
+
+    check_every = 1 if device.type == "cpu" or cfg.nan_policy == "skip" else cfg.log_interval
+    last = {}
+    with _Signals() as signals:
+        while epoch < total_epochs:
+            order = epoch_order(len(train_b), epoch, cfg.seed, cfg.batch_size, rank, world).to(device)
+            t0, images, stop = time.perf_counter(), 0, False
+            bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{total_epochs}",
+                       disable=None if dist.is_main() else True, leave=False, dynamic_ncols=True)
+            while epoch_step < steps_per_epoch:
+                if cfg.max_steps and step >= cfg.max_steps:
+                    stop = True
+                    break
+                idx = order[epoch_step * cfg.batch_size:(epoch_step + 1) * cfg.batch_size]
+                b = to_model(train_b[idx])
+                if data.paired:
+                    ab = augment(torch.cat([to_model(train_a[idx]), b], 1), cfg.augment, data_gen)
+                    a, b = ab[:, :in_ch], ab[:, in_ch:]
+                else:
+                    b = augment(b, cfg.augment, data_gen)
+                    a = task(b, data_gen)
+                if channels_last:
+                    a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+                check = (step + 1) % check_every == 0
+                losses = model.step(a, b, step + 1, check_finite=check)
+                if check and not torch.isfinite(losses).all():
+                    names = ", ".join(f"{n}={v:.4g}" for n, v in zip(("loss_d", "loss_g_gan", "loss_g_l1"), losses.tolist()))
+                    if cfg.nan_policy == "stop" or nan_skips + 1 > cfg.max_nan_skips:
+                        why = "" if cfg.nan_policy == "stop" else f" ({nan_skips} steps skipped already, --max-nan-skips {cfg.max_nan_skips})"
+                        bar.close()
+                        raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({names}){why}; the last good training "
+                                            f"state in {out} was kept; lower --learning-rate or try --precision fp32")
+                    nan_skips += 1
+                    dist.print0(f"warning: step {step + 1} skipped: non-finite loss ({names}); {nan_skips} skipped so far")
+                    losses = torch.zeros_like(losses)
+                sums += losses
+                step, epoch_step, images = step + 1, epoch_step + 1, images + len(idx) * world
+                bar.update(1)
+                if step % cfg.log_interval == 0:
+                    d, gg, l1 = dist.all_reduce_mean(losses).tolist()
+                    bar.set_postfix(loss_d=f"{d:.3f}", loss_g=f"{gg:.3f}", l1=f"{l1:.4f}")
+                    if dist.is_main():
+                        tqdm.write(f"step {step:>7} | epoch {epoch + 1} | loss_d {d:.4f} | loss_g_gan {gg:.4f} | "
+                                   f"loss_g_l1 {l1:.4f} | {images / (time.perf_counter() - t0):.0f} img/s")
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save_training_state()
+                if _stop_requested(signals):
+                    bar.close()
+                    save_training_state()
+                    name = signal.Signals(signals.received).name
+                    raise TrainingInterrupted(signals.received, f"{name} received: stopped after step {step}, training "
+                                              f"state saved in {out}; resume with: python train.py --resume --model-dir {out}")
+            bar.close()
+            seconds = time.perf_counter() - t0
+            if stop and epoch_step == 0:
+                break  # --max-steps reached exactly at an epoch end: that epoch was already recorded
+            # --- end of epoch (or of a --max-steps run): evaluate, record, save ---------------
+            model.sync_buffers()
+            done = epoch_step / steps_per_epoch
+            mean = (sums / max(epoch_step, 1)).tolist()
+            result = {"epoch": epoch + 1, "step": step, "loss_d": mean[0], "loss_g_gan": mean[1], "loss_g_l1": mean[2],
+                      "lr": model.opt_g.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                      "images_per_sec": round(images / seconds, 1) if seconds > 0 else None}
+            if done < 1:
+                result["partial_epoch"] = round(done, 4)
+            if dist.is_main():
+                metrics = evaluate(model.G, eval_a, eval_b, autocast_dtype=autocast_dtype)
+                result.update(test_mae=metrics["model_mae"], test_psnr=metrics["model_psnr"])
+                result["nan_skips"] = nan_skips
+                _record_epoch(out, result, model, gen_cfg, cfg, eval_a, eval_b, best)
+                best = max(best, result["test_psnr"])
+                dist.print0(f"epoch {epoch + 1} | step {step} | test MAE {result['test_mae']:.4f} | test PSNR "
+                            f"{result['test_psnr']:.2f} dB | {result['seconds']:.1f} s | {result['images_per_sec']} img/s")
+            last = result
+            if stop:
+                save_training_state()
+                break
+            model.sched_g.step()
+            model.sched_d.step()
+            epoch, epoch_step = epoch + 1, 0
+            sums.zero_()
+            save_training_state()
+            dist.barrier()
+            resumed = None
+    return last
+
+
+def _stop_requested(signals: _Signals) -> bool:
+    """Every rank stops at the same step: under torchrun the flag is combined across ranks."""
+    flag = signals.received is not None
+    if dist.world_size() > 1:
+        import torch.distributed as tdist
+
+        t = torch.tensor([signals.received or 0], dtype=torch.int64)
+        if tdist.get_backend() == "nccl":
+            t = t.cuda()
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        if t.item() and signals.received is None:
+            signals.received = int(t.item())
+        flag = bool(t.item())
+    return flag
+
+
+def _trim_metrics(path: Path, keep_before: int) -> None:
+    """On resume, drop lines of epochs that will be re-run, so each epoch is recorded once."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) < keep_before:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    ckpt.atomic_write(path, lambda f: f.write("".join(l + "\n" for l in keep).encode()))
+
+
+def _record_epoch(out: Path, result: dict, model: Pix2Pix, gen_cfg: dict, cfg: TrainConfig, eval_a, eval_b, best: float):
+    """metrics.jsonl line, sample grid, seed-style weights, inference weights (last and best)."""
+    n = result["epoch"]
+    lines = (out / "metrics.jsonl").read_bytes() if (out / "metrics.jsonl").exists() else b""
+    ckpt.atomic_write(out / "metrics.jsonl", lambda f: f.write(lines + json.dumps(result).encode() + b"\n"))
+    model.G.eval()
+    with torch.no_grad():
+        fake = model.G(eval_a[:N_SAMPLES]).float()
+    model.G.train()
+    save_png(sample_grid(eval_a[:N_SAMPLES], fake, eval_b[:N_SAMPLES]), out / "samples" / f"epoch_{n:03d}.png")
+    ckpt.save_torch(model.G.state_dict(), out / f"generator_epoch_{n}.pt")
+    ckpt.save_torch(model.D.state_dict(), out / f"discriminator_epoch_{n}.pt")
+    info = {"generator": gen_cfg, "task": cfg.task, "task_args": list(cfg.task_arg or []), "dataset": cfg.dataset,
+            "direction": cfg.direction, "image_size": cfg.image_size, "epoch": n, "step": result["step"],
+            "test_psnr": result["test_psnr"], "test_mae": result["test_mae"]}
+    ckpt.save_inference(model.G, info, out / "generator_last")
+    if result["test_psnr"] > best:
+        ckpt.save_inference(model.G, info, out / "generator_best")
