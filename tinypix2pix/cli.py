@@ -77,7 +77,8 @@ def main(argv=None, prog: str = "tinypix2pix") -> int:
     parser = Parser(prog=prog, description="pix2pix for small images")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, (add, _, help_text) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
+        kw = {"prog": prog} if prog != "tinypix2pix" and name == "train" else {}  # train.py --help reads as train.py
+        add(sub.add_parser(name, help=help_text, description=help_text, **kw))
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command][1](args, argv[1:])
