@@ -1,0 +1,69 @@
+"""Model shapes, sizes and the checks users meet when they pick an image size."""
+import pytest
+import torch
+
+from tinypix2pix.errors import UserError
+from tinypix2pix.models import (PatchGANDiscriminator, Pix2PixUNet, UNetGenerator, build_generator,
+                                count_parameters, generator_config, init_weights, zero_last_layer)
+
+
+def test_seed_generator_matches_the_seed_design():
+    g = UNetGenerator()
+    assert count_parameters(g) == 7_778_643  # 7.78 M, as the seed's PyTorch port
+    assert [blk[0].out_channels for blk in g.down] == [16, 32, 64, 128, 256]
+    assert g.bottleneck[0].out_channels == 512
+    y = g(torch.randn(2, 3, 32, 32))
+    assert y.shape == (2, 3, 32, 32) and y.abs().max() <= 1
+
+
+def test_seed_discriminator_matches_the_seed_design():
+    d = PatchGANDiscriminator()
+    assert count_parameters(d) == 2_768_705  # 2.77 M
+    out = d(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 1, 2, 2)
+    assert (d.output_size(32), d.receptive_field()) == (2, 70)
+
+
+@pytest.mark.parametrize("n_layers, grid, field", [(1, 14, 16), (2, 6, 34), (3, 2, 70)])
+def test_patchgan_depth_sets_grid_and_receptive_field(n_layers, grid, field):
+    d = PatchGANDiscriminator(n_layers=n_layers)
+    assert d(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)).shape[-1] == grid == d.output_size(32)
+    assert d.receptive_field() == field
+
+
+def test_paper_generator_size_and_shapes():
+    g = Pix2PixUNet()
+    assert count_parameters(g) == 16_659_075  # the official 32 px U-Net (ngf 64, 5 down-samplings)
+    assert g(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    assert Pix2PixUNet(ngf=8, depth=7)(torch.randn(1, 3, 128, 128)).shape == (1, 3, 128, 128)
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_any_multiple_of_two_to_the_depth_works(size):
+    assert UNetGenerator(ngf=4)(torch.randn(1, 3, size, size)).shape == (1, 3, size, size)
+    assert UNetGenerator(ngf=4, depth=3)(torch.randn(1, 3, 24, 40)).shape == (1, 3, 24, 40)
+
+
+def test_bad_size_names_nearest_valid_sizes():
+    with pytest.raises(UserError, match=r"40x40 .* 32 or 64"):
+        UNetGenerator(ngf=4)(torch.randn(1, 3, 40, 40))
+
+
+def test_channels_and_residual_start_at_identity():
+    g = build_generator(generator_config("seed", in_channels=1, out_channels=3, ngf=4))
+    assert g(torch.randn(2, 1, 32, 32)).shape == (2, 3, 32, 32)
+    r = build_generator(generator_config("seed", ngf=4, residual=True))
+    init_weights(r)
+    zero_last_layer(r)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(r(x), x)  # a fresh residual model is exactly the trivial baseline
+
+
+def test_weights_initialised_as_in_the_paper():
+    torch.manual_seed(0)
+    g = UNetGenerator()
+    init_weights(g)
+    w = torch.cat([m.weight.flatten() for m in g.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert abs(w.mean()) < 1e-3 and abs(w.std() - 0.02) < 1e-3
+    bn = torch.cat([m.weight for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert abs(bn.mean() - 1) < 5e-3
