@@ -13,16 +13,23 @@ def is_distributed() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+_control_group = None  # a gloo group for small host-side messages (no GPU sync under nccl)
+
+
 def init(device_type: str) -> None:
     """Create the process group when launched by torchrun (nccl on CUDA, gloo otherwise)."""
+    global _control_group
     if is_distributed() and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        _control_group = dist.new_group(backend="gloo") if backend == "nccl" else None
 
 
 def cleanup() -> None:
+    global _control_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _control_group = None
 
 
 def rank() -> int:
@@ -59,3 +66,12 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t)
         t /= world_size()
     return t
+
+
+def any_rank(value: int) -> int:
+    """The largest of an integer flag over all ranks, exchanged on the CPU (no GPU sync)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group)
+    return int(t.item())

@@ -497,18 +497,10 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
 
 def _stop_requested(signals: _Signals) -> bool:
     """Every rank stops at the same step: under torchrun the flag is combined across ranks."""
-    flag = signals.received is not None
-    if dist.world_size() > 1:
-        import torch.distributed as tdist
-
-        t = torch.tensor([signals.received or 0], dtype=torch.int64)
-        if tdist.get_backend() == "nccl":
-            t = t.cuda()
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        if t.item() and signals.received is None:
-            signals.received = int(t.item())
-        flag = bool(t.item())
-    return flag
+    received = dist.any_rank(signals.received or 0)
+    if received and signals.received is None:
+        signals.received = received
+    return bool(received)
 
 
 def _trim_metrics(path: Path, keep_before: int) -> None:
