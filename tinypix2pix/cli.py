@@ -1,4 +1,4 @@
-"""Command line: `tinypix2pix train | info` (and `python train.py ...` = `tinypix2pix train ...`).
+"""Command line: `tinypix2pix train | info | translate | export | import-official` (and `python train.py ...` = `tinypix2pix train ...`).
 
 Each command is a (add_arguments, run) pair in COMMANDS. Mistakes a user can fix end with a
 one-line `error: ...` and a non-zero exit code, never a traceback.
@@ -22,9 +22,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args, argv) -> int:
+    cfg = from_args(args)  # before importing torch, so a typo fails in a fraction of a second
     from . import engine
 
-    cfg = from_args(args)
     explicit = set(vars(_given_flags(argv)))
     try:
         engine.train(cfg, explicit)
@@ -66,9 +66,120 @@ def run_info(args, argv) -> int:
     return 0
 
 
+TRANSLATE_HELP = """Translate image files with a trained generator: one PNG per input under --out (same
+relative path; a.png and a.jpg in one folder become a_png.png and a_jpg.png) and an index.html
+page showing input | output (| target) side by side. Any image size works (padded to a multiple
+of 2**depth by reflection, cropped back); grayscale, palette, RGBA (onto white) and 16-bit files
+are read; unreadable files are listed and skipped.
+
+Which images are inputs: by default (--task none) your images ARE the model's inputs, as for
+real use: gray photos into a colorize model, blurry ones into a deblur model, edge drawings into
+an edges model. Channels are matched where that is unambiguous (a 1-channel model gets the
+luma of colour images, a 3-channel model gets gray images replicated); otherwise (e.g. an
+inpainting model's image + mask) you are asked for --task. To test a model on clean images,
+give --task NAME (or --task trained, the task recorded in the checkpoint): the task makes the
+input from each image first (colour -> gray for colorize, noise for denoise, holes + mask for
+inpaint; randomness fixed by --seed and the file name) and the page then shows the clean image
+as the target."""
+
+
+def add_translate(p: argparse.ArgumentParser) -> None:
+    p.description = TRANSLATE_HELP
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="generator_*.safetensors, generator_epoch_N.pt (with options.json beside it), "
+                        "train_state_*.pt, an official latest_net_G.pth, or a model folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (inputs are never overwritten)")
+    p.add_argument("--task", default="none", metavar="NAME",
+                   help="none (default: images are the model's inputs), trained (the checkpoint's task), or a task "
+                        "name (identity, colorize, superres, denoise, inpaint, deblur, edges) applied to clean images first")
+    p.add_argument("--task-arg", action="append", metavar="K=V", default=None,
+                   help="task parameter (repeatable); with --task trained, the recorded ones are the default")
+    p.add_argument("--batch-size", type=int, default=16, help="images of equal size per forward pass (default: 16)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the task's randomness (default: 0)")
+
+
+def run_translate(args, argv) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    from . import infer
+
+    model = infer.load_generator(args.checkpoint, device=infer.resolve_device(args.device))
+    task = infer.resolve_task(model, args.task, args.task_arg)
+    recorded = model.info.get("task", "identity")
+    if task is None and recorded not in ("identity", "pairing"):
+        print(f"note: the images are used as the model's inputs; to test the {recorded} model on clean images, "
+              f"pass --task {recorded}", file=sys.stderr)
+    result = infer.translate_files(model, args.inputs, args.out, task=task, batch_size=args.batch_size,
+                                   seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+    n, k = len(result["written"]), len(result["skipped"])
+    print(f"translated {n} image(s) into {args.out}{f', skipped {k}' if k else ''}; page: {result['html']}")
+    return 0 if n else 1
+
+
+def add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="any checkpoint translate accepts")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"],
+                   help="onnx (dynamic batch and size, checked with onnxruntime; needs the [onnx] extra) or "
+                        "torchscript (torch.jit.trace, checked by reloading) (default: onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically, only after the check passes)")
+    p.add_argument("--image-size", type=int, default=0,
+                   help="size of the example input (default: the training size); any multiple of 2**depth runs after")
+    p.add_argument("--batch-size", type=int, default=2, help="batch of the example input (default: 2)")
+
+
+def run_export(args, argv) -> int:
+    from . import export, infer
+
+    model = infer.load_generator(args.checkpoint, device="cpu")
+    try:
+        r = export.export(model, args.out, args.format, args.image_size, args.batch_size)
+    except export.ExportCheckFailed as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    checks = ", ".join(f"{'x'.join(map(str, s))}: {d:.2g}" for s, d in r["checks"])
+    print(f"wrote {r['path']} ({r['format']}, {r['bytes'] / 1e6:.2f} MB): input (N, {model.in_channels}, H, W) "
+          f"float32 in [-1, 1], H and W multiples of {r['size_multiple']}; output (N, {model.out_channels}, H, W)")
+    runner = "onnxruntime" if r["format"] == "onnx" else "torch.jit.load"
+    print(f"check ({runner} vs PyTorch): max abs difference {max(d for _, d in r['checks']):.2g} "
+          f"(limit {export.TOLERANCE:g}; {checks})")
+    return 0
+
+
+def add_import_official(p: argparse.ArgumentParser) -> None:
+    p.description = ("Convert a U-Net generator saved by the official pix2pix code (junyanz/pytorch-CycleGAN-and-"
+                     "pix2pix, latest_net_G.pth: any number of down-samplings, any ngf, batch or instance norm) into "
+                     "this project's safetensors + JSON. The configuration is read from the keys and shapes.")
+    p.add_argument("path", metavar="PATH", help="the official state_dict (.pth), loaded with weights_only=True")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for <name>.safetensors and <name>.json")
+    p.add_argument("--name", default=None, help="file name stem (default: the input's, e.g. latest_net_G)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout of the middle blocks; not stored in a state_dict and used only in train mode "
+                        "(default: the official 0.5 when depth > 5)")
+
+
+def run_import_official(args, argv) -> int:
+    from . import official
+    from .models import count_parameters
+
+    path, info, model = official.import_official(args.path, args.out, args.name, args.dropout)
+    g = info["generator"]
+    print(f"official U-Net: depth {g['depth']} (1x1 bottleneck at {2 ** g['depth']} px), ngf {g['ngf']}, "
+          f"{g['in_channels']} -> {g['out_channels']} channels, {g['norm']} norm, "
+          f"{count_parameters(model) / 1e6:.2f} M parameters")
+    print(f"wrote {path} and {path.with_suffix('.json')}; use: tinypix2pix translate --checkpoint {path} INPUT --out DIR")
+    return 0
+
+
 COMMANDS = {
     "train": (add_train, run_train, "train a pix2pix model"),
     "info": (add_info, run_info, "print versions and model sizes"),
+    "translate": (add_translate, run_translate, "translate image files and folders with a trained generator"),
+    "export": (add_export, run_export, "export a generator to ONNX or TorchScript, checked against PyTorch"),
+    "import-official": (add_import_official, run_import_official,
+                        "convert an official pix2pix U-Net checkpoint (latest_net_G.pth)"),
 }
 
 
