@@ -4,14 +4,17 @@
   renamed, so a crash or kill leaves either the old file or the new one, never half of one.
 - Training state (`train_state_<step>.pt`: models, optimizers, scaler, schedulers, RNG,
   position in the epoch, config) is loaded with `torch.load(weights_only=True)`, which
-  refuses pickles that would run code.
+  refuses pickles that would run code. It carries a sha256 of its own contents, checked on
+  load: a flipped byte inside tensor data would otherwise load silently.
 - Inference weights are safetensors plus a JSON config (`generator_best.safetensors` +
   `generator_best.json`): no pickle at all.
 """
+import hashlib
 import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -66,11 +69,52 @@ def load_torch(path, map_location="cpu"):
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle, zip and unpickler errors all mean: do not trust this file
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load checkpoint {path}: it is truncated, corrupt or not a safe "
-                        f"weights-only file ({type(e).__name__}: {msg})") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        if "Weights only load failed" in text:
+            # torch's message suggests weights_only=False; that would run whatever the file holds.
+            found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
+            what = f"it holds {found.group(1)}" if found else "it is corrupt or holds Python objects"
+            raise UserError(f"refusing to load checkpoint {path}: {what}, not only tensors and plain data, and "
+                            f"unpickling it could run code; only weights-only files are loaded") from None
+        msg = text.strip().splitlines()[0].split(". ")[0][:200] if text.strip() else type(e).__name__
+        raise UserError(f"cannot load checkpoint {path}: it is truncated or corrupt ({type(e).__name__}: {msg})") from None
+    if isinstance(obj, dict) and (obj.get("format") == STATE_FORMAT or "sha256" in obj):
+        saved = obj.pop("sha256", None)
+        if content_digest(obj) != saved:
+            raise UserError(f"cannot load checkpoint {path}: it is corrupt (its contents do not match the "
+                            f"checksum saved with it{'' if saved else ': there is none'})")
+    return obj
+
+
+def content_digest(obj) -> str:
+    """sha256 over every tensor's dtype, shape and bytes and every other value's repr, in order."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k, v in x.items():
+                walk(k)
+                walk(v)
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[" if isinstance(x, list) else b"(")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode() + b";")
+
+    walk(obj)
+    return h.hexdigest()
 
 
 def check_writable(folder) -> Path:
@@ -102,11 +146,30 @@ def list_states(model_dir) -> list:
 
 
 def save_state(state: dict, model_dir, step: int) -> Path:
-    """Write the training state, then drop all but the newest KEEP_STATES files."""
-    path = save_torch({"format": STATE_FORMAT, **state}, state_path(model_dir, step))
-    for old in list_states(model_dir)[KEEP_STATES:]:
+    """Write the training state, then drop all but the newest KEEP_STATES files.
+
+    States of higher steps belong to a timeline this run abandoned (an earlier run in the same
+    folder, or the corrupt state a resume skipped): they go too, or a later `--resume` would
+    pick them, and keeping them would make the pruning delete this run's own states."""
+    state = {"format": STATE_FORMAT, **state}
+    path = save_torch({**state, "sha256": content_digest(state)}, state_path(model_dir, step))
+    states = list_states(model_dir)
+    newer = [p for p in states if int(STATE_PATTERN.match(p.name).group(1)) > step]
+    for old in newer + [p for p in states if p not in newer][KEEP_STATES:]:
         old.unlink(missing_ok=True)
     return path
+
+
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_write's mkstemp names
+
+
+def remove_temp_files(model_dir) -> list:
+    """Delete temporary files a killed run left half-written (atomic_write's own names only)."""
+    folder = Path(model_dir)
+    found = [p for p in folder.iterdir() if TEMP_PATTERN.match(p.name) and p.is_file()] if folder.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def load_state(path) -> dict:
@@ -117,10 +180,12 @@ def load_state(path) -> dict:
 
 
 def find_resume_state(resume: str, model_dir, warn=print) -> Optional[tuple]:
-    """`--resume PATH` loads that file; `--resume` alone takes the newest valid state in model_dir,
-    skipping (and naming) corrupt newer ones. Returns (path, state)."""
-    if resume != "latest":
+    """`--resume PATH` loads that file; `--resume` alone (or `--resume FOLDER`) takes the newest valid
+    state in model_dir (FOLDER), skipping (and naming) corrupt newer ones. Returns (path, state)."""
+    if resume != "latest" and not Path(resume).is_dir():
         return Path(resume), load_state(resume)
+    if resume != "latest":  # a folder: its newest valid state
+        model_dir = resume
     candidates = list_states(model_dir)
     if not candidates:
         raise UserError(f"--resume: no training state (train_state_*.pt) in {model_dir}; "
@@ -130,7 +195,8 @@ def find_resume_state(resume: str, model_dir, warn=print) -> Optional[tuple]:
             return path, load_state(path)
         except UserError as e:
             warn(f"warning: skipping {path.name}: {e}")
-    raise UserError(f"--resume: every training state in {model_dir} is corrupt; start a new run")
+    raise UserError(f"--resume: no training state in {model_dir} can be loaded (see the warnings above); "
+                    f"start a new run or pass --resume PATH")
 
 
 # --- inference weights --------------------------------------------------------------------

@@ -68,6 +68,16 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (pickled over the gloo control group; [obj] in one process).
+    Put tensors on the CPU first."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj, group=_control_group)
+    return out
+
+
 def any_rank(value: int) -> int:
     """The largest of an integer flag over all ranks, exchanged on the CPU (no GPU sync)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -8,8 +8,12 @@ samples indices, augments and corrupts with batched tensor ops; losses stay on t
 and are read back only at log intervals (CPU runs also check them every step, which costs
 nothing there). Multi-process runs use torchrun + DistributedDataParallel (see README).
 
-Test hook: TINYPIX2PIX_FAULT_NAN_STEP=N makes the losses of global step N non-finite.
+Test hooks: TINYPIX2PIX_FAULT_NAN_STEP=N (or N,M,...) makes D's loss of those global steps
+non-finite; with a "g" suffix ("5g") G's loss instead, after D has stepped.
+TINYPIX2PIX_DUMP_RANK_STATE=DIR makes every rank save its own G and D state dicts to
+DIR/rank<R>.pt when training ends (to check that the replicas of a torchrun run agree).
 """
+import dataclasses
 import json
 import math
 import os
@@ -40,7 +44,7 @@ N_SAMPLES = 8  # test images shown in each epoch's sample grid
 # Fields that may differ when resuming; every other field must match the saved run.
 RESUME_MUTABLE = {"epochs", "epochs_decay", "max_steps", "model_dir", "device", "log_interval", "save_every",
                   "num_workers", "resume", "eval_images", "dry_run", "nan_policy", "max_nan_skips", "dataset_root",
-                  "compile"}
+                  "compile", "max_seconds"}
 
 
 class TrainingInterrupted(Exception):
@@ -164,15 +168,19 @@ class Pix2Pix:
         elif dist.world_size() == 1:
             self.d_frozen = self.d_train
         self.bce = nn.BCEWithLogitsLoss()
-        self.fault_step = int(os.environ.get("TINYPIX2PIX_FAULT_NAN_STEP", 0))
+        self.faults = parse_faults(os.environ.get("TINYPIX2PIX_FAULT_NAN_STEP", ""))
+        self.skipped = False  # whether the last step() was dropped for a non-finite loss
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
     def step(self, a, b, step: int, check_finite: bool) -> torch.Tensor:
-        """One update of D then G; returns the detached losses [d, g_gan, g_l1] (no host sync
-        unless check_finite, when a non-finite loss skips the update and returns early)."""
-        poison = float("nan") if step == self.fault_step else 1.0
+        """One update of D then G; returns the detached losses [d, g_gan, g_l1]. No host sync
+        unless check_finite: then a non-finite loss on any rank drops the step on every rank
+        (self.skipped), and under --nan-policy skip nothing the step changed is kept."""
+        fault = self.faults.get(step)
+        self.skipped = False
+        undo = self._snapshot() if check_finite and self.cfg.nan_policy == "skip" else None
         # (1) update D: maximize log D(a, b) + log(1 - D(a, G(a)))
         self.D.requires_grad_(True)
         with self.autocast():
@@ -180,9 +188,11 @@ class Pix2Pix:
             pred_real = self.d_train(a, b)
             pred_fake = self.d_train(a, fake.detach())
             loss_d = 0.5 * (self.bce(pred_real, torch.ones_like(pred_real)) +
-                            self.bce(pred_fake, torch.zeros_like(pred_fake))) * poison
-        if check_finite and not torch.isfinite(loss_d):
-            return torch.stack([loss_d.detach().float(), loss_d.detach().float(), loss_d.detach().float()])
+                            self.bce(pred_fake, torch.zeros_like(pred_fake)))
+            if fault == "d":
+                loss_d = loss_d * float("nan")
+        if check_finite and self._non_finite(loss_d):
+            return self._drop(undo, torch.stack([loss_d.detach().float()] * 3))
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_d)
@@ -191,17 +201,55 @@ class Pix2Pix:
         with self.autocast():
             pred_fake = self.d_frozen(a, fake)
             loss_g_gan = self.bce(pred_fake, torch.ones_like(pred_fake))
+            if fault == "g":
+                loss_g_gan = loss_g_gan * float("nan")
             loss_g_l1 = F.l1_loss(fake.float(), b)
             loss_g = loss_g_gan + self.cfg.lambda_l1 * loss_g_l1
         losses = torch.stack([loss_d.detach().float(), loss_g_gan.detach().float(), loss_g_l1.detach().float()])
-        if check_finite and not torch.isfinite(loss_g):
-            self.scaler.update()
-            return losses
+        if check_finite and self._non_finite(loss_g):
+            self.scaler.update()  # D's scaler.step was recorded; update() closes this iteration
+            return self._drop(undo, losses)  # D has stepped already: the snapshot undoes it
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
         self.scaler.update()
         return losses
+
+    @staticmethod
+    def _non_finite(loss: torch.Tensor) -> bool:
+        """Decided over all ranks, so that every rank drops (or stops at) the same step."""
+        return bool(dist.any_rank(int(not torch.isfinite(loss).all().item())))
+
+    def _snapshot(self):
+        """Copies of what a step changes before G's loss is known: D's weights and Adam state, both
+        networks' BatchNorm statistics (updated by the forward passes) and the grad scaler."""
+        live = [*self.D.parameters(), *self.G.buffers(), *self.D.buffers()]
+        opt = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in self.opt_d.state.items()}
+        return live, [t.detach().clone() for t in live], opt, self.scaler.state_dict()
+
+    def _drop(self, undo, losses: torch.Tensor) -> torch.Tensor:
+        self.skipped = True
+        if undo is not None:
+            live, copies, opt, scaler = undo
+            with torch.no_grad():
+                for t, c in zip(live, copies):
+                    t.copy_(c)
+            self.opt_d.state.clear()
+            self.opt_d.state.update(opt)
+            if scaler:
+                self.scaler.load_state_dict(scaler)
+        return losses
+
+    def buffers_state(self) -> dict:
+        """This rank's BatchNorm statistics (they differ between ranks until the epoch-end average)."""
+        return {f"{who}.{n}": b.detach().cpu().clone() for who, m in (("G", self.G), ("D", self.D))
+                for n, b in m.named_buffers()}
+
+    def load_buffers(self, saved: dict) -> None:
+        with torch.no_grad():
+            for who, m in (("G", self.G), ("D", self.D)):
+                for n, b in m.named_buffers():
+                    b.copy_(saved[f"{who}.{n}"])
 
     def state_dict(self) -> dict:
         return {"generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
@@ -217,6 +265,11 @@ class Pix2Pix:
         self.sched_g.load_state_dict(s["sched_g"])
         self.sched_d.load_state_dict(s["sched_d"])
         self.scaler.load_state_dict(s["scaler"])
+        # The saved lr follows the saved schedule; a resume may change --epochs / --epochs-decay, so take
+        # this epoch's rate from the current one (LambdaLR's own expression: unchanged runs stay bit-identical).
+        for opt, sched in ((self.opt_g, self.sched_g), (self.opt_d, self.sched_d)):
+            for group, base, rule in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * rule(sched.last_epoch)
 
     def sync_buffers(self) -> None:
         """Average BatchNorm running statistics over ranks (DDP runs without buffer broadcasts)."""
@@ -228,6 +281,14 @@ class Pix2Pix:
                     if buf.is_floating_point():
                         tdist.all_reduce(buf)
                         buf /= dist.world_size()
+
+
+def parse_faults(text: str) -> dict:
+    """TINYPIX2PIX_FAULT_NAN_STEP: "5" or "5,9g" -> {5: "d", 9: "g"} (which loss to poison at which step)."""
+    faults = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        faults[int(item.rstrip("gd"))] = "g" if item.endswith("g") else "d"
+    return faults
 
 
 # --- resume -----------------------------------------------------------------------------------
@@ -335,11 +396,14 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
     resumed = None
     if cfg.resume:
         path, state = ckpt.find_resume_state(cfg.resume, cfg.model_dir, warn=dist.print0)
+        if cfg.resume != "latest" and "model_dir" not in explicit and cfg.model_dir == TrainConfig().model_dir:
+            cfg = dataclasses.replace(cfg, model_dir=str(path.parent))  # continue beside the state, not in ./models
         cfg = merge_resume_config(state["config"], cfg, explicit)
         resumed = (path, state)
     out = Path(cfg.model_dir)
     if dist.is_main():
         ckpt.check_writable(out)
+        ckpt.remove_temp_files(out)  # what a killed run was writing when it died
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -385,29 +449,44 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
     sums = torch.zeros(3, device=device)
     if resumed:
         path, state = resumed
-        model.load_state_dict(state)
         epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
-        best, nan_skips, sums = state["best_psnr"], state["nan_skips"], state["loss_sums"].to(device)
-        set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)], data_gen)
+        saved_world = len(state["ranks"])
+        if saved_world != world and epoch_step:
+            raise UserError(f"{path} was saved in the middle of an epoch by {saved_world} process(es); resume it with "
+                            f"{saved_world} (or from a state saved at an epoch end)")
+        model.load_state_dict(state)
+        best, nan_skips = state["best_psnr"], state["nan_skips"]
+        if saved_world == world:  # each rank continues its own sampling, loss sums and BatchNorm statistics
+            mine = state["ranks"][rank]
+            set_rng_state(mine["rng"], data_gen)
+            sums = mine["loss_sums"].to(device)
+            model.load_buffers(mine["buffers"])
+        else:  # at an epoch end the models agree; each rank starts fresh random streams
+            random.seed(cfg.seed + rank + 1_000_003 * step)
+            torch.manual_seed(cfg.seed + rank + 1_000_003 * step)
+            data_gen.manual_seed(cfg.seed * 7919 + rank + 1_000_003 * step)
+            dist.print0(f"warning: the state was saved by {saved_world} process(es), this run has {world}: "
+                        f"training continues, but not bit-identically")
         dist.print0(f"resumed from {path} at epoch {epoch + 1}, step {step}")
     if dist.is_main():
         ckpt.save_json({"config": cfg.to_dict(), "changed_from_default": changed_from_default(cfg),
                         "generator": gen_cfg}, out / "options.json")
         _trim_metrics(out / "metrics.jsonl", keep_before=epoch + 1)
 
-    def save_training_state():
-        states = [None] * world
-        mine = rng_state(data_gen)
-        if world > 1:
-            import torch.distributed as tdist
+    def check_losses_finite():
+        """Every loss since the epoch began (GPU runs check single steps only every check_every)."""
+        if dist.any_rank(int(not torch.isfinite(sums).all().item())):
+            raise NonFiniteLoss(f"non-finite loss in epoch {epoch + 1} before step {step + 1}; the last good training "
+                                f"state in {out} was kept; lower --learning-rate or try --precision fp32")
 
-            tdist.all_gather_object(states, mine)
-        else:
-            states = [mine]
+    def save_training_state():
+        check_losses_finite()  # never write a state that holds NaN weights
+        ranks = dist.all_gather_object({"rng": rng_state(data_gen), "loss_sums": sums.cpu().clone(),
+                                        "buffers": model.buffers_state()})
         if dist.is_main():
             ckpt.save_state({**model.state_dict(), "config": cfg.to_dict(), "generator_config": gen_cfg,
                              "epoch": epoch, "epoch_step": epoch_step, "step": step, "best_psnr": best,
-                             "nan_skips": nan_skips, "loss_sums": sums.cpu(), "rng": states}, out, step)
+                             "nan_skips": nan_skips, "ranks": ranks}, out, step)
 
     check_every = 1 if device.type == "cpu" or cfg.nan_policy == "skip" else cfg.log_interval
     last = {}
@@ -433,7 +512,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
                     a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
                 check = (step + 1) % check_every == 0
                 losses = model.step(a, b, step + 1, check_finite=check)
-                if check and not torch.isfinite(losses).all():
+                if check and model.skipped:
                     names = ", ".join(f"{n}={v:.4g}" for n, v in zip(("loss_d", "loss_g_gan", "loss_g_l1"), losses.tolist()))
                     if cfg.nan_policy == "stop" or nan_skips + 1 > cfg.max_nan_skips:
                         why = "" if cfg.nan_policy == "stop" else f" ({nan_skips} steps skipped already, --max-nan-skips {cfg.max_nan_skips})"
@@ -465,9 +544,12 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             if stop and epoch_step == 0:
                 break  # --max-steps reached exactly at an epoch end: that epoch was already recorded
             # --- end of epoch (or of a --max-steps run): evaluate, record, save ---------------
+            if stop:  # before sync_buffers, so that a resumed run continues from each rank's own statistics
+                save_training_state()
+            check_losses_finite()
             model.sync_buffers()
             done = epoch_step / steps_per_epoch
-            mean = (sums / max(epoch_step, 1)).tolist()
+            mean = (dist.all_reduce_mean(sums) / max(epoch_step, 1)).tolist()  # over all ranks' batches
             result = {"epoch": epoch + 1, "step": step, "loss_d": mean[0], "loss_g_gan": mean[1], "loss_g_l1": mean[2],
                       "lr": model.opt_g.param_groups[0]["lr"], "seconds": round(seconds, 3),
                       "images_per_sec": round(images / seconds, 1) if seconds > 0 else None}
@@ -483,7 +565,6 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
                             f"{result['test_psnr']:.2f} dB | {result['seconds']:.1f} s | {result['images_per_sec']} img/s")
             last = result
             if stop:
-                save_training_state()
                 break
             model.sched_g.step()
             model.sched_d.step()
@@ -492,6 +573,9 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             save_training_state()
             dist.barrier()
             resumed = None
+    if os.environ.get("TINYPIX2PIX_DUMP_RANK_STATE"):  # test hook, see the module docstring
+        ckpt.save_torch({"generator": model.G.state_dict(), "discriminator": model.D.state_dict()},
+                        Path(os.environ["TINYPIX2PIX_DUMP_RANK_STATE"]) / f"rank{rank}.pt")
     return last
 
 
