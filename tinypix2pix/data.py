@@ -9,6 +9,10 @@ that already hold pairs (aligned:/paired:) also return the A images.
 - photos: 32x32 crops of the colour photographs shipped inside scikit-image; works offline.
   Train and test are split by source photo, so no test photo is seen in training.
 - fake: small deterministic synthetic images for smoke tests.
+- folder:PATH, aligned:PATH, paired:PATH_A,PATH_B: image files (see folders.py for the
+  formats, the fixed split rule and what happens to bad files). Only these can stream their
+  training split from disk (`in_memory`, ImageData.train_stream); the others are small and
+  always held in memory.
 """
 import io
 import os
@@ -26,21 +30,56 @@ from .errors import UserError
 
 @dataclass
 class ImageData:
-    """The tensors a run trains and evaluates on (uint8, NCHW, values 0..255)."""
+    """The tensors a run trains and evaluates on (uint8, NCHW, values 0..255).
+
+    The training split is either in memory (train_b, and train_a for paired sources) or, for
+    file sources too large to keep, `train_stream`: a folders.FolderDataset whose items are
+    uint8 (3, S, S), or (6, S, S) = A's channels then B's when paired (read it in batches
+    with folders.StreamLoader). The test split is always in memory.
+    """
 
     name: str
-    train_b: torch.Tensor
+    train_b: Optional[torch.Tensor]  # None when streaming
     test_b: torch.Tensor
     train_a: Optional[torch.Tensor] = None  # set by sources that hold real pairs
     test_a: Optional[torch.Tensor] = None
+    train_stream: Optional[object] = None  # folders.FolderDataset, set instead of train_a/train_b
 
     @property
     def paired(self) -> bool:
-        return self.train_a is not None
+        return self.train_a is not None or self.test_a is not None
+
+    @property
+    def streaming(self) -> bool:
+        return self.train_stream is not None
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_stream) if self.streaming else len(self.train_b)
+
+    @property
+    def channels(self) -> int:
+        """Channels of a B image (A images have `channels_a`)."""
+        return self.test_b.shape[1]
+
+    @property
+    def channels_a(self) -> Optional[int]:
+        return self.test_a.shape[1] if self.paired else None
+
+    @property
+    def image_size(self) -> int:
+        return self.test_b.shape[-1]
+
+    def swap_ab(self) -> None:
+        """--direction BtoA: B becomes the input. Call before making a StreamLoader."""
+        self.train_a, self.train_b, self.test_a, self.test_b = self.train_b, self.train_a, self.test_b, self.test_a
+        if self.streaming:
+            self.train_stream.swap = not self.train_stream.swap
 
     def describe(self) -> str:
-        c, h, w = self.train_b.shape[1:]
-        return f"{self.name}: {len(self.train_b)} train / {len(self.test_b)} test images, {c}x{h}x{w}"
+        c, h, w = self.test_b.shape[1:]
+        where = " (streamed from files)" if self.streaming else ""
+        return f"{self.name}: {self.num_train} train{where} / {len(self.test_b)} test images, {c}x{h}x{w}"
 
 
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -201,11 +240,21 @@ def load_fake(size: int, n_train: int = 256, n_test: int = 64) -> ImageData:
 
 # --- registry ------------------------------------------------------------------------------
 
-SOURCES = ["cifar10", "cifar100", "photos", "fake"]
+SOURCES = ["cifar10", "cifar100", "photos", "fake", "folder:PATH", "aligned:PATH", "paired:PATH_A,PATH_B"]
+FILE_SOURCES = ("folder", "aligned", "paired")
 
 
-def load_source(dataset: str, root: str = "./data", image_size: int = 32) -> ImageData:
-    """Parse a --dataset value and load it; unknown names list the valid choices."""
+def load_source(dataset: str, root: str = "./data", image_size: int = 32, num_workers: int = 0,
+                in_memory: str = "auto") -> ImageData:
+    """Parse a --dataset value and load it; malformed or unknown values list the valid forms.
+
+    num_workers and in_memory ("auto", "on", "off") concern the file sources only.
+    """
+    kind, sep, arg = dataset.partition(":")
+    if sep and kind in FILE_SOURCES:
+        from . import folders  # imports this module
+
+        return folders.load(kind, arg, image_size, num_workers, in_memory, name=dataset)
     if dataset in CIFAR:
         data = load_cifar(dataset, root)
         data.train_b, data.test_b = resize_uint8(data.train_b, image_size), resize_uint8(data.test_b, image_size)
@@ -214,4 +263,9 @@ def load_source(dataset: str, root: str = "./data", image_size: int = 32) -> Ima
         return load_photos(image_size)
     if dataset == "fake":
         return load_fake(image_size)
-    raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(SOURCES)}")
+    hint = ""
+    if dataset in FILE_SOURCES:
+        hint = f" ({dataset} needs a path: {'paired:PATH_A,PATH_B' if dataset == 'paired' else dataset + ':PATH'})"
+    elif Path(dataset).expanduser().is_dir():
+        hint = f" (for a folder of images use folder:{dataset})"
+    raise UserError(f"unknown dataset {dataset!r}{hint}; choose one of {', '.join(SOURCES)}")
