@@ -24,7 +24,8 @@ class TrainConfig:
     direction: str = _opt("AtoB", "for aligned:/paired: data, which side is the input", choices=["AtoB", "BtoA"])
     image_size: int = _opt(32, "training image size in pixels (must be divisible by 2**depth of the generator)")
     augment: str = _opt("flip", "training augmentation on the device: none, flip, or flip+crop (pad 4, random crop)", choices=["none", "flip", "flip+crop"])
-    num_workers: int = _opt(2, "DataLoader workers for sources too large to keep on the device")
+    num_workers: int = _opt(2, "worker processes that decode image folders (and stream those too large to keep on the device)")
+    in_memory: str = _opt("auto", "keep the decoded training split on the device as one uint8 tensor: auto (when it fits), on, off (stream from files)", choices=["auto", "on", "off"])
     # --- models ------------------------------------------------------------------------
     generator: str = _opt("seed", "generator design: seed (3x3 double conv U-Net, 16..256) or pix2pix (paper's 4x4 stride-2 U-Net)", choices=["seed", "pix2pix"])
     ngf: int = _opt(0, "generator base width (0 = design default: 16 for seed, 64 for pix2pix)")
@@ -42,6 +43,7 @@ class TrainConfig:
     beta1: float = _opt(0.5, "Adam beta1 (paper)")
     lambda_l1: float = _opt(100.0, "weight of the L1 term in the generator loss (paper)")
     max_steps: int = _opt(0, "stop after this many steps in total (0 = no limit); for smoke runs")
+    max_seconds: float = _opt(0.0, "stop after this many seconds of training in this process (0 = no limit); runs that stop by time do not repeat exactly")
     # --- engine ------------------------------------------------------------------------
     device: str = _opt("cuda", "cuda, cuda:N, cpu, mps or auto; cuda falls back to cpu with a warning")
     precision: str = _opt("auto", "fp32, bf16, fp16 (autocast; weights stay fp32) or auto (bf16 on cuda, fp32 elsewhere)", choices=["auto", "fp32", "bf16", "fp16"])
@@ -70,6 +72,8 @@ class TrainConfig:
                 raise UserError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.epochs + self.epochs_decay == 0:
             raise UserError("--epochs and --epochs-decay are both 0: nothing to train")
+        if self.max_seconds < 0:
+            raise UserError(f"--max-seconds must be >= 0, got {self.max_seconds}")
         if self.learning_rate <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         if not 0 <= self.beta1 < 1:

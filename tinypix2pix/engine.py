@@ -21,7 +21,7 @@ import random
 import signal
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
 
 import torch
@@ -42,9 +42,10 @@ from .tasks import Pairing, build_task
 EVAL_SEED = 1234  # fixes the corruption of the evaluation pairs in every run
 N_SAMPLES = 8  # test images shown in each epoch's sample grid
 # Fields that may differ when resuming; every other field must match the saved run.
+# in_memory: streamed and device-held splits give the same batches.
 RESUME_MUTABLE = {"epochs", "epochs_decay", "max_steps", "model_dir", "device", "log_interval", "save_every",
                   "num_workers", "resume", "eval_images", "dry_run", "nan_policy", "max_nan_skips", "dataset_root",
-                  "compile", "max_seconds"}
+                  "compile", "max_seconds", "in_memory"}
 
 
 class TrainingInterrupted(Exception):
@@ -121,6 +122,54 @@ def epoch_order(n: int, epoch: int, seed: int, batch: int, rank: int = 0, world:
     perm = torch.randperm(n, generator=g)
     steps = n // (batch * world)
     return perm[rank::world][: steps * batch]
+
+
+class TrainBatches:
+    """This rank's training pairs (a, b) in [-1, 1] on the device, one step at a time, in the
+    epoch's order: indexed from the split held on the device, or decoded from files by
+    DataLoader workers (folders.StreamLoader) when the split is too large to keep. Both paths
+    apply the same augmentation and corruption on the device, so they give the same batches.
+    Paired sources augment A and B together (same flip and crop)."""
+
+    def __init__(self, data: ImageData, task, cfg: TrainConfig, device, data_gen, channels_last: bool):
+        self.task, self.cfg, self.device, self.gen, self.channels_last = task, cfg, device, data_gen, channels_last
+        self.paired, self.out_ch = data.paired, data.channels
+        self.stream = self.train_a = self.train_b = None
+        if data.streaming:
+            from .folders import StreamLoader
+
+            self.stream = StreamLoader(data.train_stream, cfg.batch_size, cfg.num_workers,
+                                       pin_memory=device.type == "cuda")
+        else:
+            self.train_b = data.train_b.to(device)
+            self.train_a = data.train_a.to(device) if data.paired else None
+
+    def epoch(self, order: torch.Tensor, start: int):
+        """Yield the (a, b) of steps start, start + 1, ... of an epoch whose sample order is `order`."""
+        bs = self.cfg.batch_size
+        if self.stream is not None:
+            batches = (x.to(self.device, non_blocking=True) for x in self.stream.epoch(order[start * bs:]))
+        else:
+            order = order.to(self.device)
+            batches = (self._gather(order[i:i + bs]) for i in range(start * bs, len(order), bs))
+        for x in batches:
+            b = to_model(x[:, -self.out_ch:])
+            if self.paired:  # x holds A's channels, then B's
+                ab = augment(torch.cat([to_model(x[:, :-self.out_ch]), b], 1), self.cfg.augment, self.gen)
+                a, b = ab[:, :-self.out_ch], ab[:, -self.out_ch:]
+            else:
+                b = augment(b, self.cfg.augment, self.gen)
+                a = self.task(b, self.gen)
+            if self.channels_last:
+                a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+            yield a, b
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.train_a[idx], self.train_b[idx]], 1) if self.paired else self.train_b[idx]
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
 
 
 # --- the GAN --------------------------------------------------------------------------------
@@ -355,14 +404,16 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def prepare_data(cfg: TrainConfig, device):
-    """Load the source, build the task and the fixed evaluation pairs."""
-    data: ImageData = load_source(cfg.dataset, cfg.dataset_root, cfg.image_size)
+def prepare_data(cfg: TrainConfig, device, in_memory: str = None):
+    """Load the source, build the task and the fixed evaluation pairs (in_memory overrides
+    cfg.in_memory: evaluation streams the training split it never reads)."""
+    data: ImageData = load_source(cfg.dataset, cfg.dataset_root, cfg.image_size, num_workers=cfg.num_workers,
+                                  in_memory=in_memory or cfg.in_memory)
     if data.paired:
         if cfg.task != "identity":
             raise UserError(f"--dataset {cfg.dataset} holds its own pairs; leave --task at identity (got {cfg.task!r})")
         if cfg.direction == "BtoA":
-            data.train_a, data.train_b, data.test_a, data.test_b = data.train_b, data.train_a, data.test_b, data.test_a
+            data.swap_ab()
         task = Pairing()
     else:
         task = build_task(cfg.task, cfg.task_arg)
@@ -408,24 +459,22 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed + rank)  # per-rank seeds: different dropout and augmentation per process
-    data_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
-
     data, task, eval_a, eval_b = prepare_data(cfg, device)
-    train_b = data.train_b.to(device)
-    train_a = data.train_a.to(device) if data.paired else None
-    in_ch = train_a.shape[1] if data.paired else task.input_channels(train_b.shape[1])
-    out_ch = train_b.shape[1]
+    # Seeded after loading, so that nothing a source does (DataLoader workers draw seeds from the
+    # global generator) changes the initial weights. Per-rank seeds: different dropout per process.
+    random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed + rank)
+    data_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
+    in_ch, out_ch = eval_a.shape[1], data.channels
     residual = {"on": True, "off": False, "auto": task.residual_default}[cfg.residual]
     if residual and in_ch < out_ch and in_ch != 1:
         raise UserError(f"--residual on needs the input to have the output's {out_ch} channels (or 1); it has {in_ch}")
     gen_cfg = generator_config(cfg.generator, in_ch, out_ch, cfg.ngf, cfg.depth, cfg.norm, cfg.dropout, residual)
     if cfg.image_size % 2 ** cfg.depth:
         build_generator(gen_cfg).check_size(cfg.image_size, cfg.image_size)  # raises with the nearest sizes
-    steps_per_epoch = len(train_b) // (cfg.batch_size * world)
+    steps_per_epoch = data.num_train // (cfg.batch_size * world)
     if steps_per_epoch == 0:
-        raise UserError(f"{cfg.dataset} has {len(train_b)} training images, fewer than one batch "
+        raise UserError(f"{cfg.dataset} has {data.num_train} training images, fewer than one batch "
                         f"(--batch-size {cfg.batch_size} x {world} process(es))")
     autocast_dtype = resolve_precision(cfg.precision, device)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
@@ -490,26 +539,25 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
 
     check_every = 1 if device.type == "cpu" or cfg.nan_policy == "skip" else cfg.log_interval
     last = {}
-    with _Signals() as signals:
+    batches = TrainBatches(data, task, cfg, device, data_gen, channels_last)
+    run_t0 = time.perf_counter()
+
+    def out_of_time() -> bool:
+        """--max-seconds, decided by all ranks together (their clocks differ)."""
+        return bool(cfg.max_seconds) and bool(dist.any_rank(int(time.perf_counter() - run_t0 >= cfg.max_seconds)))
+
+    with _Signals() as signals, closing(batches):
         while epoch < total_epochs:
-            order = epoch_order(len(train_b), epoch, cfg.seed, cfg.batch_size, rank, world).to(device)
+            order = epoch_order(data.num_train, epoch, cfg.seed, cfg.batch_size, rank, world)
+            pairs = batches.epoch(order, epoch_step)
             t0, images, stop = time.perf_counter(), 0, False
             bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{total_epochs}",
                        disable=None if dist.is_main() else True, leave=False, dynamic_ncols=True)
             while epoch_step < steps_per_epoch:
-                if cfg.max_steps and step >= cfg.max_steps:
+                if (cfg.max_steps and step >= cfg.max_steps) or out_of_time():
                     stop = True
                     break
-                idx = order[epoch_step * cfg.batch_size:(epoch_step + 1) * cfg.batch_size]
-                b = to_model(train_b[idx])
-                if data.paired:
-                    ab = augment(torch.cat([to_model(train_a[idx]), b], 1), cfg.augment, data_gen)
-                    a, b = ab[:, :in_ch], ab[:, in_ch:]
-                else:
-                    b = augment(b, cfg.augment, data_gen)
-                    a = task(b, data_gen)
-                if channels_last:
-                    a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+                a, b = next(pairs)
                 check = (step + 1) % check_every == 0
                 losses = model.step(a, b, step + 1, check_finite=check)
                 if check and model.skipped:
@@ -523,7 +571,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
                     dist.print0(f"warning: step {step + 1} skipped: non-finite loss ({names}); {nan_skips} skipped so far")
                     losses = torch.zeros_like(losses)
                 sums += losses
-                step, epoch_step, images = step + 1, epoch_step + 1, images + len(idx) * world
+                step, epoch_step, images = step + 1, epoch_step + 1, images + cfg.batch_size * world
                 bar.update(1)
                 if step % cfg.log_interval == 0:
                     d, gg, l1 = dist.all_reduce_mean(losses).tolist()
@@ -542,8 +590,8 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             bar.close()
             seconds = time.perf_counter() - t0
             if stop and epoch_step == 0:
-                break  # --max-steps reached exactly at an epoch end: that epoch was already recorded
-            # --- end of epoch (or of a --max-steps run): evaluate, record, save ---------------
+                break  # --max-steps/--max-seconds reached exactly at an epoch end: that epoch was already recorded
+            # --- end of epoch (or of a --max-steps/--max-seconds run): evaluate, record, save ---------
             if stop:  # before sync_buffers, so that a resumed run continues from each rank's own statistics
                 save_training_state()
             check_losses_finite()
@@ -556,8 +604,10 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             if done < 1:
                 result["partial_epoch"] = round(done, 4)
             if dist.is_main():
-                metrics = evaluate(model.G, eval_a, eval_b, autocast_dtype=autocast_dtype)
-                result.update(test_mae=metrics["model_mae"], test_psnr=metrics["model_psnr"])
+                metrics = evaluate(model.G, eval_a, eval_b, baseline=lambda x: task.baseline(x, out_ch),
+                                   autocast_dtype=autocast_dtype)
+                result.update(test_mae=metrics["model_mae"], test_psnr=metrics["model_psnr"],
+                              baseline_psnr=metrics["baseline_psnr"])
                 result["nan_skips"] = nan_skips
                 _record_epoch(out, result, model, gen_cfg, cfg, eval_a, eval_b, best)
                 best = max(best, result["test_psnr"])
