@@ -1,4 +1,4 @@
-"""Command line: `tinypix2pix train | info | translate | export | import-official` (and `python train.py ...` = `tinypix2pix train ...`).
+"""Command line: `tinypix2pix train | info | eval | translate | export | import-official` (and `python train.py ...` = `tinypix2pix train ...`).
 
 Each command is a (add_arguments, run) pair in COMMANDS. Mistakes a user can fix end with a
 one-line `error: ...` and a non-zero exit code, never a traceback.
@@ -6,7 +6,7 @@ one-line `error: ...` and a non-zero exit code, never a traceback.
 import argparse
 import sys
 
-from .config import TrainConfig, add_arguments, from_args
+from .config import add_arguments, from_args
 from .errors import UserError
 
 
@@ -104,22 +104,42 @@ def add_translate(p: argparse.ArgumentParser) -> None:
 def run_translate(args, argv) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.task_arg and args.task == "none":
+        raise UserError("--task-arg needs a --task (NAME or trained) to apply to")
     from . import infer
+    from .translate_files import translate_files
 
-    model = infer.load_generator(args.checkpoint, device=infer.resolve_device(args.device))
+    model = infer.load_generator(args.checkpoint, device=args.device)
     task = infer.resolve_task(model, args.task, args.task_arg)
     recorded = model.info.get("task", "identity")
     if task is None and recorded not in ("identity", "pairing"):
         print(f"note: the images are used as the model's inputs; to test the {recorded} model on clean images, "
               f"pass --task {recorded}", file=sys.stderr)
-    result = infer.translate_files(model, args.inputs, args.out, task=task, batch_size=args.batch_size,
+    result = translate_files(model, args.inputs, args.out, task=task, batch_size=args.batch_size,
                                    seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     n, k = len(result["written"]), len(result["skipped"])
     print(f"translated {n} image(s) into {args.out}{f', skipped {k}' if k else ''}; page: {result['html']}")
     return 0 if n else 1
 
 
+def add_eval(p: argparse.ArgumentParser) -> None:
+    from . import evaluation
+
+    evaluation.add_arguments(p)
+
+
+def run_eval(args, argv) -> int:
+    from . import evaluation
+
+    return evaluation.main(args)
+
+
 def add_export(p: argparse.ArgumentParser) -> None:
+    p.description = ("Export a generator to one self-contained file. It takes (N, C_in, H, W) float32 in [-1, 1], "
+                     "H and W multiples of 2**depth (batch and size are dynamic), and returns (N, C_out, H, W) in "
+                     "[-1, 1]. Before the file is written it is run (onnxruntime / torch.jit.load) at the example "
+                     "shape and at a different batch and size, and compared to PyTorch: the max abs difference is "
+                     "printed, and above 1e-4 the export fails (exit 1) and nothing is written.")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="any checkpoint translate accepts")
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"],
                    help="onnx (dynamic batch and size, checked with onnxruntime; needs the [onnx] extra) or "
@@ -176,6 +196,7 @@ def run_import_official(args, argv) -> int:
 COMMANDS = {
     "train": (add_train, run_train, "train a pix2pix model"),
     "info": (add_info, run_info, "print versions and model sizes"),
+    "eval": (add_eval, run_eval, "PSNR, SSIM and MAE of a generator on a test split, beside the trivial baseline"),
     "translate": (add_translate, run_translate, "translate image files and folders with a trained generator"),
     "export": (add_export, run_export, "export a generator to ONNX or TorchScript, checked against PyTorch"),
     "import-official": (add_import_official, run_import_official,

@@ -72,7 +72,7 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def _gray(b: torch.Tensor) -> torch.Tensor:
+def luma(b: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, 1, H, W) luma in float32; sources with other than 3 channels average."""
     b = b.float()
     if b.shape[1] == 3:  # Python-scalar weights: no host-to-device copy (that would sync CUDA)
@@ -107,7 +107,7 @@ class Colorize(Task):
         return channels if self.replicate else 1
 
     def __call__(self, b, generator):
-        a = _gray(b)
+        a = luma(b)
         return (a.expand(-1, b.shape[1], -1, -1).contiguous() if self.replicate else a).to(b.dtype)
 
 
@@ -228,7 +228,7 @@ class Edges(Task):
         return channels if self.replicate else 1
 
     def __call__(self, b, generator):
-        g = _blur(_gray(b), self.smooth)
+        g = _blur(luma(b), self.smooth)
         # Sobel by slicing (no kernel tensor to copy to the device): central difference along
         # one axis, [1, 2, 1] smoothing along the other; / 8 makes a -1 -> 1 step read 1 per pixel
         p = F.pad(g, (1, 1, 1, 1), mode="replicate")[:, 0]  # (n, h + 2, w + 2)
