@@ -17,7 +17,6 @@ with torch.utils.flop_counter.FlopCounterMode), share of a matmul peak measured 
 the process's peak RSS so far, which only grows), plus the ratio to the reference.
 """
 import argparse
-import os
 import resource
 import sys
 import time

@@ -27,12 +27,17 @@ STATE_PATTERN = re.compile(r"^train_state_(\d+)\.pt$")
 KEEP_STATES = 2  # the newest and one before it, so a corrupt newest file still leaves a valid one
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read the process umask once (it can only be read by setting it)
+
+
 def atomic_write(path, write: Callable[[object], None], mode: str = "wb") -> Path:
     """Write through `write(fileobj)` to a temp file beside `path`, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give what open() would
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

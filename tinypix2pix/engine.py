@@ -20,7 +20,6 @@ import os
 import random
 import signal
 import time
-import warnings
 from contextlib import closing, nullcontext
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from . import checkpoint as ckpt
 from . import dist
 from .config import TrainConfig, changed_from_default
 from .data import ImageData, load_source
+from .devices import resolve_device, resolve_precision  # noqa: F401 (part of this module's API)
 from .errors import UserError
 from .images import sample_grid, save_png, to_model
 from .metrics import evaluate
@@ -58,41 +58,6 @@ class TrainingInterrupted(Exception):
 
 class NonFiniteLoss(UserError):
     pass
-
-
-# --- device and precision -------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    """cuda falls back to CPU with a one-line warning; auto picks cuda > mps > cpu."""
-    name = name.strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            dist.print0("warning: CUDA is not available; training on the CPU instead")
-            return torch.device("cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps: MPS is not available on this machine")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device):
-    """The autocast dtype, or None for fp32. auto = bf16 on CUDA, fp32 elsewhere."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # --- data on the device ------------------------------------------------------------------------
@@ -663,7 +628,9 @@ def _record_epoch(out: Path, result: dict, model: Pix2Pix, gen_cfg: dict, cfg: T
     save_png(sample_grid(eval_a[:N_SAMPLES], fake, eval_b[:N_SAMPLES]), out / "samples" / f"epoch_{n:03d}.png")
     ckpt.save_torch(model.G.state_dict(), out / f"generator_epoch_{n}.pt")
     ckpt.save_torch(model.D.state_dict(), out / f"discriminator_epoch_{n}.pt")
-    info = {"generator": gen_cfg, "task": cfg.task, "task_args": list(cfg.task_arg or []), "dataset": cfg.dataset,
+    paired = cfg.dataset.startswith(("aligned:", "paired:"))  # real pairs: no task made the inputs
+    info = {"generator": gen_cfg, "task": "pairing" if paired else cfg.task, "task_args": list(cfg.task_arg or []),
+            "dataset": cfg.dataset,
             "direction": cfg.direction, "image_size": cfg.image_size, "epoch": n, "step": result["step"],
             "test_psnr": result["test_psnr"], "test_mae": result["test_mae"]}
     ckpt.save_inference(model.G, info, out / "generator_last")
