@@ -8,8 +8,9 @@ Configurations (each runs `--warmup` untimed steps, then `--steps` timed ones):
   and applies ToTensor + Normalize, a DataLoader with 2 workers, eager fp32, NCHW, plain Adam,
   D's weight gradients computed in G's step too.
 - ours fp32 / ours bf16 / ours compiled: tinypix2pix's engine (`engine.Pix2Pix.step`) with the
-  split as one uint8 tensor on the device, batched flip augmentation, foreach/fused Adam,
-  channels_last where it helps, no per-step host sync.
+  split as one uint8 tensor on the device, batched flip augmentation, fused Adam, channels_last,
+  no per-step host sync. bf16 rows are skipped on CPUs without native bf16 (there
+  PyTorch falls back to a slow reference convolution); the compiled row then runs in fp32.
 
 Reported per configuration: images/s, ms/step, achieved GFLOP/s (FLOPs of one step counted
 with torch.utils.flop_counter.FlopCounterMode), share of a matmul peak measured in this run
@@ -177,16 +178,24 @@ def main():
     p.add_argument("--steps", type=int, default=0, help="timed steps per configuration (0: 40 at batch <= 16, else 10)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--configs", nargs="+", default=["reference", "fp32", "bf16", "compiled"])
-    p.add_argument("--compile-precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--compile-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="precision of the compiled row; auto: bf16 where the device has native bf16, else fp32")
+    p.add_argument("--force-bf16", action="store_true", help="run bf16 rows even without native bf16 (very slow)")
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                   help="memory format of our rows: auto = as train.py (on for CUDA and CPU)")
     p.add_argument("--images", type=int, default=4096, help="size of the synthetic CIFAR-sized data set")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8)
-    cl = device.type == "cuda"  # channels_last: measured faster on CUDA; see README for CPU
+    cl = {"auto": device.type in ("cuda", "cpu"), "on": True, "off": False}[args.channels_last]
+    native_bf16 = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if args.compile_precision == "auto":
+        args.compile_precision = "bf16" if native_bf16 else "fp32"
     peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+          f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
+          f"({'native' if native_bf16 else 'no native'} bf16), compiled row in {args.compile_precision}")
     header = f"{'arch':<8} {'batch':>5} {'config':<10} {'img/s':>8} {'ms/step':>8} {'GFLOP/s':>8} {'% peak':>7} {'peak MiB':>9} {'vs ref':>7}"
     print(header)
     print("-" * len(header))
@@ -195,6 +204,10 @@ def main():
             steps = args.steps or (40 if batch <= 16 else 10)
             ref_ips = None
             for name in args.configs:
+                if name == "bf16" and not native_bf16 and not args.force_bf16:
+                    print(f"{arch:<8} {batch:>5} {name:<10} skipped: this CPU has no native bf16 (AVX512-BF16/AMX), "
+                          f"where PyTorch's bf16 convolutions are many times slower than fp32 (--force-bf16 runs it)")
+                    continue
                 warmup = args.warmup + (2 if name == "compiled" else 0)
                 if name == "reference":
                     (sec, mem), flop_fn = reference_run(images.permute(0, 2, 3, 1).numpy(), arch, batch, steps, warmup, device)
