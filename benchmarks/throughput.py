@@ -2,12 +2,13 @@
 
     python benchmarks/throughput.py                      # CPU: batch 8 and 64, seed design
     python benchmarks/throughput.py --device cuda --batch-sizes 64 512 --steps 50
+    python benchmarks/throughput.py --configs reference fp32 --profile reference fp32   # + top operations
 
 Configurations (each runs `--warmup` untimed steps, then `--steps` timed ones):
 - reference: the seed's pipeline: a CIFAR-style Dataset whose __getitem__ makes a PIL image
   and applies ToTensor + Normalize, a DataLoader with 2 workers, eager fp32, NCHW, plain Adam,
   D's weight gradients computed in G's step too.
-- ours fp32 / ours bf16 / ours compiled: tinypix2pix's engine (`engine.Pix2Pix.step`) with the
+- ours fp32 / ours bf16 / ours compiled: tinypix2pix's engine (`gan.Pix2Pix.step`) with the
   split as one uint8 tensor on the device, batched flip augmentation, fused Adam, channels_last,
   no per-step host sync. bf16 rows are skipped on CPUs without native bf16 (there
   PyTorch falls back to a slow reference convolution); the compiled row then runs in fp32.
@@ -18,6 +19,7 @@ with torch.utils.flop_counter.FlopCounterMode), share of a matmul peak measured 
 the process's peak RSS so far, which only grows), plus the ratio to the reference.
 """
 import argparse
+import itertools
 import resource
 import sys
 import time
@@ -30,8 +32,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinypix2pix.config import TrainConfig  # noqa: E402
-from tinypix2pix.engine import Pix2Pix, augment, epoch_order  # noqa: E402
-from tinypix2pix.images import to_model  # noqa: E402
+from tinypix2pix.batches import TrainBatches, epoch_order  # noqa: E402
+from tinypix2pix.data import ImageData  # noqa: E402
+from tinypix2pix.gan import Pix2Pix  # noqa: E402
+from tinypix2pix.tasks import Identity  # noqa: E402
 from tinypix2pix.models import PatchGANDiscriminator, build_generator, generator_config, init_weights  # noqa: E402
 
 
@@ -53,7 +57,8 @@ class CifarLikeDataset(torch.utils.data.Dataset):
         return img, img  # the seed pairs each image with itself
 
 
-def reference_run(images_hwc, arch, batch, steps, warmup, device):
+def reference_run(images_hwc, arch, batch, device):
+    """(one training step with its data loading, one step on given tensors for the FLOP count)."""
     import torchvision.transforms as T
 
     tf = T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
@@ -92,36 +97,29 @@ def reference_run(images_hwc, arch, batch, steps, warmup, device):
             a, b = next(it)
         step(a.to(device), b.to(device))
 
-    return timed(one, steps, warmup, device), (lambda: step(*[torch.randn(batch, 3, 32, 32, device=device)] * 2))
+    return one, (lambda: step(*[torch.randn(batch, 3, 32, 32, device=device)] * 2))
 
 
 # --- ours ----------------------------------------------------------------------------------------
 
-def ours_run(images_nchw, arch, batch, steps, warmup, device, precision, compile_, channels_last):
+def ours_run(images_nchw, arch, batch, device, precision, compile_, channels_last):
+    """The engine's own path: gan.Pix2Pix.step fed by batches.TrainBatches (the split on the device)."""
     cfg = TrainConfig(generator=arch, batch_size=batch, precision=precision, compile=compile_, device=str(device))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model = Pix2Pix(cfg, generator_config(arch), device, dtype, channels_last)
-    data = images_nchw.to(device)
-    g = torch.Generator(device=device).manual_seed(0)
-    state = {"order": epoch_order(len(data), 0, 0, batch).to(device), "k": 0, "epoch": 0}
-    per_epoch = len(state["order"]) // batch
+    data = ImageData("bench", train_b=images_nchw, test_b=images_nchw[:1])
+    batches = TrainBatches(data, Identity(), cfg, device, torch.Generator(device=device).manual_seed(0), channels_last)
 
-    def batch_ab():
-        if state["k"] == per_epoch:
-            state["epoch"] += 1
-            state["order"], state["k"] = epoch_order(len(data), state["epoch"], 0, batch).to(device), 0
-        idx = state["order"][state["k"] * batch:(state["k"] + 1) * batch]
-        state["k"] += 1
-        b = augment(to_model(data[idx]), "flip", g)
-        if channels_last:
-            b = b.contiguous(memory_format=torch.channels_last)
-        return b, b
+    def pairs():
+        for epoch in itertools.count():
+            yield from batches.epoch(epoch_order(len(images_nchw), epoch, 0, batch), 0)
+
+    stream = pairs()
 
     def one():
-        a, b = batch_ab()
-        model.step(a, b, step=0, check_finite=False)
+        model.step(*next(stream), step=0, check_finite=False)
 
-    return timed(one, steps, warmup, device), (lambda: model.step(*batch_ab(), step=0, check_finite=False))
+    return one, (lambda: model.step(*next(stream), step=0, check_finite=False))
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -129,6 +127,20 @@ def ours_run(images_nchw, arch, batch, steps, warmup, device, precision, compile
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def profile_top(fn, device, steps: int = 5, rows: int = 12) -> str:
+    """torch.profiler's table of the operations taking the most time over `steps` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=rows, max_name_column_width=28,
+                                                              max_shapes_column_width=60)
 
 
 def timed(fn, steps, warmup, device):
@@ -183,6 +195,8 @@ def main():
     p.add_argument("--force-bf16", action="store_true", help="run bf16 rows even without native bf16 (very slow)")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                    help="memory format of our rows: auto = as train.py (on for CUDA and CPU)")
+    p.add_argument("--profile", nargs="*", default=[], metavar="CONFIG",
+                   help="after the table, print torch.profiler's top operations of these configurations")
     p.add_argument("--images", type=int, default=4096, help="size of the synthetic CIFAR-sized data set")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -196,6 +210,7 @@ def main():
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s "
           f"({'native' if native_bf16 else 'no native'} bf16), compiled row in {args.compile_precision}")
+    profiles = []
     header = f"{'arch':<8} {'batch':>5} {'config':<10} {'img/s':>8} {'ms/step':>8} {'GFLOP/s':>8} {'% peak':>7} {'peak MiB':>9} {'vs ref':>7}"
     print(header)
     print("-" * len(header))
@@ -210,11 +225,14 @@ def main():
                     continue
                 warmup = args.warmup + (2 if name == "compiled" else 0)
                 if name == "reference":
-                    (sec, mem), flop_fn = reference_run(images.permute(0, 2, 3, 1).numpy(), arch, batch, steps, warmup, device)
+                    one, flop_fn = reference_run(images.permute(0, 2, 3, 1).numpy(), arch, batch, device)
                     prec = "fp32"
                 else:
                     prec = {"fp32": "fp32", "bf16": "bf16", "compiled": args.compile_precision}[name]
-                    (sec, mem), flop_fn = ours_run(images, arch, batch, steps, warmup, device, prec, name == "compiled", cl)
+                    one, flop_fn = ours_run(images, arch, batch, device, prec, name == "compiled", cl)
+                sec, mem = timed(one, steps, warmup, device)
+                if name in args.profile:
+                    profiles.append((f"{arch}, batch {batch}, {name}", profile_top(one, device)))
                 flops = count_flops(flop_fn) if name != "compiled" else flops_cache.get((arch, batch))
                 flops_cache[(arch, batch)] = flops_cache.get((arch, batch)) or flops
                 ips = batch / sec
@@ -223,6 +241,8 @@ def main():
                 ratio = f"{ips / ref_ips:.2f}x" if ref_ips else "-"
                 print(f"{arch:<8} {batch:>5} {name:<10} {ips:>8.1f} {sec * 1e3:>8.1f} {gflops:>8.1f} "
                       f"{100 * gflops * 1e9 / peaks[prec]:>6.0f}% {mem / 2 ** 20:>9.0f} {ratio:>7}", flush=True)
+    for title, table in profiles:
+        print(f"\ntop operations, {title}:\n{table}")
 
 
 flops_cache = {}

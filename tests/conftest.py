@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +16,7 @@ def cli_env(**extra) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["TINYPIX2PIX_NO_DOWNLOAD"] = "1"  # tests never touch the network
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
+    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")  # tiny models: a second thread only adds contention
     env.update(extra)
     return env
 
@@ -52,6 +53,16 @@ def write_cifar10(root: Path, n_train: int = 40, n_test: int = 16, seed: int = 0
     with open(folder / "test_batch", "wb") as f:
         pickle.dump(entry, f, protocol=2)
     return Path(root)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """In-process runs use one thread, like the CLI subprocesses (OMP_NUM_THREADS=1 in cli_env):
+    resume tests compare the two bit for bit, and tiny models only lose from a second thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

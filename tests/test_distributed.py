@@ -4,7 +4,7 @@ ends bit-identical to an unbroken torchrun run.
 
 Each rank's own weights are observed through the engine's test hook TINYPIX2PIX_DUMP_RANK_STATE
 (every rank saves its G and D state dicts when training ends). Disjoint shards per rank are
-checked on engine.epoch_order in test_engine.py.
+checked on batches.epoch_order in test_engine.py.
 """
 import shutil
 import subprocess
@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from test_resume import (RUN, assert_matches_reference, assert_same, env, newest_state, one_thread,  # noqa: F401
+from test_resume import (RUN, assert_matches_reference, assert_same, env, newest_state,
                          records, temp_files)
 from tinypix2pix.cli import main
 

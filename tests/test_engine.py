@@ -6,7 +6,9 @@ import torch
 
 from conftest import run_cli
 from tinypix2pix.config import TrainConfig
-from tinypix2pix.engine import Pix2Pix, augment, epoch_order, resolve_precision
+from tinypix2pix.batches import augment, epoch_order
+from tinypix2pix.devices import resolve_precision
+from tinypix2pix.gan import Pix2Pix
 from tinypix2pix.models import UNetGenerator, generator_config
 
 TINY = dict(generator="seed", ngf=4, depth=3, disc_layers=1, ndf=8)

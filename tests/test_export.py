@@ -16,14 +16,6 @@ from tinypix2pix.models import build_generator, generator_config, init_weights
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when the machine is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def random_generator(**cfg):
     torch.manual_seed(0)

@@ -19,12 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_resume import (RUN, assert_matches_reference, assert_same, newest_state, one_thread,  # noqa: F401
+from test_resume import (RUN, assert_matches_reference, assert_same, newest_state,
                          records, reference)
 from tinypix2pix import checkpoint as ckpt
 from tinypix2pix.cli import main
 from tinypix2pix.config import TrainConfig
-from tinypix2pix.engine import Pix2Pix
+from tinypix2pix.gan import Pix2Pix
 from tinypix2pix.models import generator_config
 
 

@@ -20,14 +20,6 @@ from tinypix2pix.translate_files import output_names, translate_files
 from tinypix2pix.models import build_generator, generator_config, init_weights, zero_last_layer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when the machine is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

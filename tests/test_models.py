@@ -67,3 +67,19 @@ def test_weights_initialised_as_in_the_paper():
     assert abs(w.mean()) < 1e-3 and abs(w.std() - 0.02) < 1e-3
     bn = torch.cat([m.weight for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)])
     assert abs(bn.mean() - 1) < 5e-3
+
+
+def test_residual_output_learns_at_saturated_pixels():
+    """A residual model's output is clamped to [-1, 1], but a pure white/black input pixel must
+    still receive gradient (a plain clamp gives none at its bounds)."""
+    r = build_generator(generator_config("seed", in_channels=1, out_channels=3, ngf=4, depth=3, residual=True))
+    init_weights(r)
+    zero_last_layer(r)
+    head = [m for m in r.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    for level in (1.0, -1.0):  # all white, then all black, each pulled half-way to gray
+        r.zero_grad()
+        x = torch.full((2, 1, 16, 16), level)
+        out = r(x)
+        assert torch.equal(out, x.expand(-1, 3, -1, -1))  # starts exactly at the input, within [-1, 1]
+        (out - level / 2).abs().mean().backward()
+        assert (head.bias.grad * level > 0).all()  # the step would move every channel inwards

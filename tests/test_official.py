@@ -15,14 +15,6 @@ from tinypix2pix.official import import_official
 from conftest import run_cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when the machine is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # --- the official recipe, written from DESIGN.md, independent of tinypix2pix.models ---------------
 

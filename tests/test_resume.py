@@ -19,7 +19,7 @@ from conftest import ROOT, cli_env, run_cli
 from tinypix2pix import checkpoint as ckpt
 from tinypix2pix.cli import main
 from tinypix2pix.config import TrainConfig
-from tinypix2pix.engine import Pix2Pix
+from tinypix2pix.gan import Pix2Pix
 from tinypix2pix.models import generator_config
 
 TINY = ["--dataset", "fake", "--device", "cpu", "--batch-size", "4", "--ngf", "4", "--depth", "3",
@@ -61,14 +61,6 @@ def reference(tmp_path_factory) -> Path:
 def ref(tmp_path_factory) -> Path:
     return reference(tmp_path_factory)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs use one thread too: compared bit for bit with subprocesses, and fast on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def records(out) -> list:

@@ -112,6 +112,6 @@ def add_arguments(p) -> None:
     p.add_argument("--direction", default=None, choices=["AtoB", "BtoA"], help="for aligned:/paired: data (default: the checkpoint's)")
     p.add_argument("--eval-images", type=int, default=0, help="at most this many test images (default: 0 = all)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype (default: fp32)")
     p.add_argument("--out", default=None, help="JSON file to write (default: <checkpoint>.eval.json beside the checkpoint)")

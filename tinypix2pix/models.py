@@ -52,7 +52,11 @@ class _Generator(nn.Module):
 
     def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.residual:
-            return (x[:, : self.out_channels] + y).clamp(-1, 1)
+            out = x[:, : self.out_channels] + y
+            # clamp's gradient is zero at and beyond the bounds, so every pure white or black input
+            # pixel (clipped noise, saturated sky, an edge map's lines) would never learn: clamp the
+            # value, pass the gradient straight through (out - out.detach() is exactly 0).
+            return out.detach().clamp(-1, 1) + (out - out.detach())
         return torch.tanh(y)
 
 
