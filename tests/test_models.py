@@ -83,3 +83,22 @@ def test_residual_output_learns_at_saturated_pixels():
         assert torch.equal(out, x.expand(-1, 3, -1, -1))  # starts exactly at the input, within [-1, 1]
         (out - level / 2).abs().mean().backward()
         assert (head.bias.grad * level > 0).all()  # the step would move every channel inwards
+
+
+def test_residual_output_is_not_pushed_past_its_bounds():
+    """The gradient that would push a saturated pixel further outside [-1, 1] is blocked, so pixels
+    cannot drift beyond the range where nothing would pull them back."""
+    r = build_generator(generator_config("seed", ngf=4, depth=3, residual=True))
+    init_weights(r)
+    zero_last_layer(r)
+    head = [m for m in r.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    for level in (1.0, -1.0):  # ask white to get whiter and black to get blacker
+        r.zero_grad()
+        (-level * r(torch.full((2, 3, 16, 16), level))).mean().backward()
+        assert torch.count_nonzero(head.bias.grad) == 0
+    r.zero_grad()  # a mid-gray image is not clamped: the same loss reaches the head
+    (-r(torch.zeros(2, 3, 16, 16))).mean().backward()
+    assert (head.bias.grad < 0).all()
+    with torch.no_grad():  # inference uses a plain clamp (exportable), with the same values
+        x = torch.rand(2, 3, 16, 16) * 2 - 1
+        assert torch.equal(r(x), (x + 0).clamp(-1, 1))

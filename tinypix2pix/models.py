@@ -53,11 +53,28 @@ class _Generator(nn.Module):
     def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.residual:
             out = x[:, : self.out_channels] + y
-            # clamp's gradient is zero at and beyond the bounds, so every pure white or black input
-            # pixel (clipped noise, saturated sky, an edge map's lines) would never learn: clamp the
-            # value, pass the gradient straight through (out - out.detach() is exactly 0).
-            return out.detach().clamp(-1, 1) + (out - out.detach())
+            return InwardClamp.apply(out) if torch.is_grad_enabled() else out.clamp(-1, 1)
         return torch.tanh(y)
+
+
+class InwardClamp(torch.autograd.Function):
+    """clamp(v, -1, 1) whose gradient still flows where a step would move v back inside.
+
+    A plain clamp has no gradient at its bounds, so a residual generator would never learn at
+    pure white or black input pixels (clipped noise, a saturated sky, an edge map's lines).
+    Passing every gradient straight through instead lets pixels drift ever further outside
+    where nothing pulls them back (it cost colorize 1.6 dB in the quality benchmark)."""
+
+    @staticmethod
+    def forward(ctx, v):
+        ctx.save_for_backward(v)
+        return v.clamp(-1, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (v,) = ctx.saved_tensors
+        inward = ((v < 1) | (g > 0)) & ((v > -1) | (g < 0))  # descent moves v by -g
+        return g * inward
 
 
 class UNetGenerator(_Generator):
