@@ -91,7 +91,7 @@ def test_a_mid_epoch_state_refuses_another_process_count(runs, tmp_path, capsys)
 def test_an_epoch_end_state_continues_with_another_process_count_and_a_longer_schedule(runs, tmp_path, capsys):
     out = shutil.copytree(runs.base / "unbroken", tmp_path / "m")
     assert main(["train", *RUN, "--model-dir", str(out), "--resume", "--epochs-decay", "2"]) == 0
-    assert "saved by 2 process(es), this run has 1: training continues, but not bit-identically" in capsys.readouterr().out
+    assert "saved by 2 process(es), this run has 1: training continues, but not bit-identically" in capsys.readouterr().err
     got = records(out)
     assert [r["epoch"] for r in got] == [1, 2, 3] and got[2]["step"] == 2 * STEPS_PER_EPOCH + 64
     assert got[2]["lr"] == pytest.approx(2e-4 * (1 - 2 / 3), rel=1e-12)  # the new schedule's, not the old one's 0

@@ -41,6 +41,11 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
+def one_error(stderr: str) -> str:
+    """The single error line of stderr; the warnings before it are checked separately."""
+    return one_line("\n".join(line for line in stderr.splitlines() if not line.startswith("warning: ")))
+
+
 # --- malicious pickles ----------------------------------------------------------------------
 
 class _RunsCode:
@@ -99,8 +104,8 @@ def test_resume_latest_skips_a_malicious_state_and_runs_nothing(tmp_path, capsys
     make_malicious_checkpoint(tmp_path / "m" / "train_state_000000009.pt", marker)
     assert main(["train", *RUN, "--model-dir", str(tmp_path / "m"), "--resume"]) == 2
     out, err = capsys.readouterr()
-    assert "warning: skipping train_state_000000009.pt: refusing to load" in out
-    assert "no training state in" in one_line(err) and not marker.exists()
+    assert "warning: skipping train_state_000000009.pt: refusing to load" in err
+    assert "no training state in" in one_error(err) and not marker.exists()
 
 
 # --- corrupt and truncated states -------------------------------------------------------------
@@ -138,9 +143,9 @@ def test_resume_skips_a_truncated_newest_state_and_uses_the_previous_one(ref, tm
     newest, previous = ckpt.list_states(out)
     DAMAGE["truncated"](newest)
     assert main(["train", *RUN, "--model-dir", str(out), "--resume"]) == 0
-    stdout = capsys.readouterr().out
-    assert f"warning: skipping {newest.name}: cannot load checkpoint" in stdout
-    assert f"resumed from {previous}" in stdout
+    captured = capsys.readouterr()
+    assert f"warning: skipping {newest.name}: cannot load checkpoint" in captured.err
+    assert f"resumed from {previous}" in captured.out
     assert_matches_reference(out, ref)  # the two steps after `previous` replayed exactly
 
 
@@ -179,14 +184,14 @@ def test_nan_policy_skip_drops_and_counts_steps_then_gives_up(tmp_path, capsys, 
     monkeypatch.setenv("TINYPIX2PIX_FAULT_NAN_STEP", "3,5g")  # D's loss at step 3, G's loss at step 5
     out = tmp_path / "m"
     assert main(["train", *RUN, "--model-dir", str(out), "--max-steps", "8", "--nan-policy", "skip"]) == 0
-    stdout = capsys.readouterr().out
-    assert "warning: step 3 skipped: non-finite loss (loss_d=nan" in stdout
-    assert "warning: step 5 skipped: non-finite loss (loss_d=" in stdout and "loss_g_gan=nan" in stdout
+    stderr = capsys.readouterr().err
+    assert "warning: step 3 skipped: non-finite loss (loss_d=nan" in stderr
+    assert "warning: step 5 skipped: non-finite loss (loss_d=" in stderr and "loss_g_gan=nan" in stderr
     assert records(out)[-1]["nan_skips"] == 2 and newest_state(out)["nan_skips"] == 2
     assert all(torch.isfinite(t).all() for t in load_file(out / "generator_last.safetensors").values())
     assert main(["train", *RUN, "--model-dir", str(tmp_path / "m2"), "--max-steps", "8", "--nan-policy", "skip",
                  "--max-nan-skips", "1"]) == 1
-    err = one_line(capsys.readouterr().err)
+    err = one_error(capsys.readouterr().err)
     assert "non-finite loss at step 5" in err and "--max-nan-skips 1" in err
 
 

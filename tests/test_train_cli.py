@@ -77,7 +77,7 @@ def test_help_lists_every_option_with_default():
 def test_cuda_falls_back_to_cpu_with_a_warning(tmp_path):
     p = run_cli("--dataset", "fake", "--device", "cuda", "--max-steps", "1", "--batch-size", "4",
                 "--model-dir", tmp_path / "m", check=True)
-    assert "warning: CUDA is not available" in p.stdout
+    assert "warning: CUDA is not available" in p.stderr and "warning" not in p.stdout
 
 
 def test_module_and_info_entry_points():

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -184,7 +185,7 @@ def load_state(path) -> dict:
     return state
 
 
-def find_resume_state(resume: str, model_dir, warn=print) -> Optional[tuple]:
+def find_resume_state(resume: str, model_dir, warn=lambda m: print(m, file=sys.stderr, flush=True)) -> Optional[tuple]:
     """`--resume PATH` loads that file; `--resume` alone (or `--resume FOLDER`) takes the newest valid
     state in model_dir (FOLDER), skipping (and naming) corrupt newer ones. Returns (path, state)."""
     if resume != "latest" and not Path(resume).is_dir():

@@ -20,7 +20,7 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            dist.print0("warning: CUDA is not available; running on the CPU instead")
+            dist.warn0("warning: CUDA is not available; running on the CPU instead")
             return torch.device("cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
@@ -39,6 +39,6 @@ def resolve_precision(precision: str, device: torch.device):
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        dist.print0("warning: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 convolutions fall back to a slow "
-                    "path, many times slower than --precision fp32")
+        dist.warn0("warning: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 convolutions fall back to a slow "
+                   "path, many times slower than --precision fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

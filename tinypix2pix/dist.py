@@ -4,6 +4,7 @@
 rank 0 of 1 and no process group is created.
 """
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,13 @@ def print0(*args, **kwargs) -> None:
     """Print on rank 0 only, so logs of an N-process run are not repeated N times."""
     if is_main():
         print(*args, **kwargs, flush=True)
+
+
+def warn0(message: str) -> None:
+    """A one-line warning on rank 0, to stderr: stdout stays the run's log, and a warning is
+    still seen when stdout goes to a file."""
+    if is_main():
+        print(message, file=sys.stderr, flush=True)
 
 
 def barrier() -> None:

@@ -90,8 +90,8 @@ def set_rng_state(s: dict, data_gen: torch.Generator) -> None:
     if s.get("data_device") == str(data_gen.device):
         data_gen.set_state(s["data"])
     else:
-        dist.print0(f"warning: the state was saved on {s.get('data_device')}, resuming on {data_gen.device}: "
-                    f"data sampling continues, but not bit-identically")
+        dist.warn0(f"warning: the state was saved on {s.get('data_device')}, resuming on {data_gen.device}: "
+                   f"data sampling continues, but not bit-identically")
     if "cuda" in s and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(s["cuda"])
 
@@ -165,7 +165,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
         torch.cuda.set_device(device)
     resumed = None
     if cfg.resume:
-        path, state = ckpt.find_resume_state(cfg.resume, cfg.model_dir, warn=dist.print0)
+        path, state = ckpt.find_resume_state(cfg.resume, cfg.model_dir, warn=dist.warn0)
         if cfg.resume != "latest" and "model_dir" not in explicit and cfg.model_dir == TrainConfig().model_dir:
             cfg = dataclasses.replace(cfg, model_dir=str(path.parent))  # continue beside the state, not in ./models
         cfg = merge_resume_config(state["config"], cfg, explicit)
@@ -233,8 +233,8 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             random.seed(cfg.seed + rank + 1_000_003 * step)
             torch.manual_seed(cfg.seed + rank + 1_000_003 * step)
             data_gen.manual_seed(cfg.seed * 7919 + rank + 1_000_003 * step)
-            dist.print0(f"warning: the state was saved by {saved_world} process(es), this run has {world}: "
-                        f"training continues, but not bit-identically")
+            dist.warn0(f"warning: the state was saved by {saved_world} process(es), this run has {world}: "
+                       f"training continues, but not bit-identically")
         dist.print0(f"resumed from {path} at epoch {epoch + 1}, step {step}")
     if dist.is_main():
         ckpt.save_json({"config": cfg.to_dict(), "changed_from_default": changed_from_default(cfg),
@@ -287,7 +287,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
                         raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({names}){why}; the last good training "
                                             f"state in {out} was kept; lower --learning-rate or try --precision fp32")
                     nan_skips += 1
-                    dist.print0(f"warning: step {step + 1} skipped: non-finite loss ({names}); {nan_skips} skipped so far")
+                    dist.warn0(f"warning: step {step + 1} skipped: non-finite loss ({names}); {nan_skips} skipped so far")
                     losses = torch.zeros_like(losses)
                 sums += losses
                 step, epoch_step, images = step + 1, epoch_step + 1, images + cfg.batch_size * world
