@@ -10,6 +10,7 @@ two-step resume). Signals and SIGKILL are tested on real processes in test_resum
 """
 import os
 import pickle
+import re
 import shlex
 import shutil
 import zipfile
@@ -183,11 +184,15 @@ def test_nan_policy_stop_keeps_the_last_good_state(tmp_path, capsys, monkeypatch
 def test_nan_policy_skip_drops_and_counts_steps_then_gives_up(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TINYPIX2PIX_FAULT_NAN_STEP", "3,5g")  # D's loss at step 3, G's loss at step 5
     out = tmp_path / "m"
-    assert main(["train", *RUN, "--model-dir", str(out), "--max-steps", "8", "--nan-policy", "skip"]) == 0
-    stderr = capsys.readouterr().err
-    assert "warning: step 3 skipped: non-finite loss (loss_d=nan" in stderr
-    assert "warning: step 5 skipped: non-finite loss (loss_d=" in stderr and "loss_g_gan=nan" in stderr
+    assert main(["train", *RUN, "--model-dir", str(out), "--max-steps", "8", "--nan-policy", "skip",
+                 "--log-interval", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: step 3 skipped: non-finite loss (loss_d=nan" in captured.err
+    assert "warning: step 5 skipped: non-finite loss (loss_d=" in captured.err and "loss_g_gan=nan" in captured.err
     assert records(out)[-1]["nan_skips"] == 2 and newest_state(out)["nan_skips"] == 2
+    logged = {int(m[1]): float(m[2]) for m in re.finditer(r"step +(\d+) \| epoch 1 \| loss_d ([0-9.]+)", captured.out)}
+    kept = [logged[s] for s in range(1, 9) if s not in (3, 5)]
+    assert abs(records(out)[-1]["loss_d"] - sum(kept) / len(kept)) < 1e-3  # the mean of the kept steps only
     assert all(torch.isfinite(t).all() for t in load_file(out / "generator_last.safetensors").values())
     assert main(["train", *RUN, "--model-dir", str(tmp_path / "m2"), "--max-steps", "8", "--nan-policy", "skip",
                  "--max-nan-skips", "1"]) == 1

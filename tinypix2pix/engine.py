@@ -214,6 +214,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
         return {}
 
     epoch, epoch_step, step, best, nan_skips = 0, 0, 0, -math.inf, 0
+    epoch_skips = 0  # steps of this epoch dropped by --nan-policy skip: not in the epoch's mean losses
     sums = torch.zeros(3, device=device)
     if resumed:
         path, state = resumed
@@ -223,7 +224,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             raise UserError(f"{path} was saved in the middle of an epoch by {saved_world} process(es); resume it with "
                             f"{saved_world} (or from a state saved at an epoch end)")
         model.load_state_dict(state)
-        best, nan_skips = state["best_psnr"], state["nan_skips"]
+        best, nan_skips, epoch_skips = state["best_psnr"], state["nan_skips"], state.get("epoch_nan_skips", 0)
         if saved_world == world:  # each rank continues its own sampling, loss sums and BatchNorm statistics
             mine = state["ranks"][rank]
             set_rng_state(mine["rng"], data_gen)
@@ -254,7 +255,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
         if dist.is_main():
             ckpt.save_state({**model.state_dict(), "config": cfg.to_dict(), "generator_config": gen_cfg,
                              "epoch": epoch, "epoch_step": epoch_step, "step": step, "best_psnr": best,
-                             "nan_skips": nan_skips, "ranks": ranks}, out, step)
+                             "nan_skips": nan_skips, "epoch_nan_skips": epoch_skips, "ranks": ranks}, out, step)
 
     check_every = 1 if device.type == "cpu" or cfg.nan_policy == "skip" else cfg.log_interval
     last = {}
@@ -286,7 +287,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
                         bar.close()
                         raise NonFiniteLoss(f"non-finite loss at step {step + 1} ({names}){why}; the last good training "
                                             f"state in {out} was kept; lower --learning-rate or try --precision fp32")
-                    nan_skips += 1
+                    nan_skips, epoch_skips = nan_skips + 1, epoch_skips + 1
                     dist.warn0(f"warning: step {step + 1} skipped: non-finite loss ({names}); {nan_skips} skipped so far")
                     losses = torch.zeros_like(losses)
                 sums += losses
@@ -316,7 +317,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             check_losses_finite()
             model.sync_buffers()
             done = epoch_step / steps_per_epoch
-            mean = (dist.all_reduce_mean(sums) / max(epoch_step, 1)).tolist()  # over all ranks' batches
+            mean = (dist.all_reduce_mean(sums) / max(epoch_step - epoch_skips, 1)).tolist()  # all ranks' kept steps
             result = {"epoch": epoch + 1, "step": step, "loss_d": mean[0], "loss_g_gan": mean[1], "loss_g_l1": mean[2],
                       "lr": model.opt_g.param_groups[0]["lr"], "seconds": round(seconds, 3),
                       "images_per_sec": round(images / seconds, 1) if seconds > 0 else None}
@@ -337,7 +338,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
                 break
             model.sched_g.step()
             model.sched_d.step()
-            epoch, epoch_step = epoch + 1, 0
+            epoch, epoch_step, epoch_skips = epoch + 1, 0, 0
             sums.zero_()
             save_training_state()
             dist.barrier()
