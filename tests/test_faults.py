@@ -163,6 +163,18 @@ def test_an_unwritable_model_dir_fails_before_training(where, tmp_path, capsys):
     assert out == ""  # before loading data, building models or any step
 
 
+def test_a_new_run_refuses_a_model_dir_that_holds_a_run(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["train", *RUN, "--model-dir", str(out), "--max-steps", "4"]) == 0
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", *RUN, "--model-dir", str(out), "--max-steps", "2"]) == 2  # forgot --resume
+    err = one_line(capsys.readouterr().err)
+    assert f"--model-dir {out} already holds a training run" in err and "--resume" in err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    assert main(["train", *RUN, "--model-dir", str(out), "--max-steps", "6", "--resume"]) == 0
+
+
 # --- non-finite losses -------------------------------------------------------------------------
 
 def test_nan_policy_stop_keeps_the_last_good_state(tmp_path, capsys, monkeypatch):

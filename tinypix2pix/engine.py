@@ -173,6 +173,8 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
     out = Path(cfg.model_dir)
     if dist.is_main():
         ckpt.check_writable(out)
+        if not resumed:
+            ckpt.check_no_run(out)
         ckpt.remove_temp_files(out)  # what a killed run was writing when it died
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
