@@ -83,7 +83,7 @@ def test_failed_check_writes_nothing_and_bad_requests_are_named(tmp_path, monkey
         ex.export(model, tmp_path / "bad.pt", "torchscript", image_size=8)
     assert not list(tmp_path.iterdir())
     monkeypatch.undo()
-    with pytest.raises(UserError, match="not a multiple of 8"):
+    with pytest.raises(UserError, match="must be a positive multiple of 8"):
         ex.export(model, tmp_path / "x.onnx", "onnx", image_size=12)
     with pytest.raises(UserError, match="unknown export format"):
         ex.export(model, tmp_path / "x.tflite", "tflite")

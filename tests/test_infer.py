@@ -173,6 +173,27 @@ def test_inputs_are_never_overwritten(tmp_path):
     for _ in range(2):
         result = translate_files(random_model(), [tmp_path], tmp_path / "out", log=lambda m: None)
         assert [p.name for p in result["written"]] == ["x.png"]
+    # nor are the page's own copies of the inputs, when those are given as inputs
+    page_copy = tmp_path / "out" / "index_files" / "input" / "x.png"
+    before = page_copy.read_bytes()
+    with pytest.raises(UserError, match="would overwrite the input"):
+        translate_files(random_model(), [page_copy], tmp_path / "out", log=lambda m: None)
+    assert page_copy.read_bytes() == before
+
+
+def test_outputs_never_replace_the_checkpoint(trained, tmp_path):
+    """`eval --out` / `export --out` naming the checkpoint or its JSON fail before writing."""
+    ck = tmp_path / "g.safetensors"
+    shutil.copy(trained / "generator_last.safetensors", ck)
+    shutil.copy(trained / "generator_last.json", tmp_path / "g.json")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for cmd in (["eval", "--checkpoint", ck, "--eval-images", "4", "--out", tmp_path / "g.json"],
+                ["export", "--checkpoint", ck, "--format", "torchscript", "--out", ck]):
+        proc = run_cli(*cmd, script=None)
+        assert proc.returncode == 2 and "would overwrite the checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    proc = run_cli("eval", "--checkpoint", ck, "--eval-images", "4", "--out", tmp_path, script=None)
+    assert proc.returncode == 2 and "is a folder" in proc.stderr
 
 
 # --- the command line -----------------------------------------------------------------------

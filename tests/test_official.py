@@ -162,6 +162,12 @@ def test_import_official_cli_then_translate_and_reload(tmp_path):
     save_png(torch.rand(3, 40, 24), tmp_path / "imgs" / "a.png")
     result = translate_files(model, [tmp_path / "imgs"], tmp_path / "out", log=lambda m: None)
     assert [p.name for p in result["written"]] == ["a.png"] and result["html"].is_file()
+    # dotted names keep every part: two epochs' files never become one
+    for name in ("net_G.e5", "net_G.e10"):
+        run_cli("import-official", src, "--out", tmp_path / "conv", "--name", name, script=None, check=True)
+    assert {"net_G.e5.safetensors", "net_G.e5.json", "net_G.e10.safetensors", "net_G.e10.json"} <= \
+        {p.name for p in (tmp_path / "conv").iterdir()}
+    assert torch.allclose(load_generator(tmp_path / "conv" / "net_G.e10.safetensors")(x.clone()), ref(x.clone()), atol=1e-5)
 
 
 def test_foreign_and_damaged_state_dicts_are_named(tmp_path):

@@ -225,10 +225,18 @@ def save_inference(model: torch.nn.Module, config: dict, path_stem) -> Path:
     """`<stem>.safetensors` (weights and buffers, contiguous fp32) and `<stem>.json` (how to rebuild)."""
     from safetensors.torch import save as st_save
 
-    stem = Path(path_stem)
+    stem = Path(path_stem)  # appended, not with_suffix: "net.e5" and "net.e10" stay two files
+    weights, sidecar = stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "tinypix2pix-generator", **{k: json.dumps(v) for k, v in config.items()}}
     data = st_save(tensors, metadata={k: str(v) for k, v in meta.items()})
-    atomic_write(stem.with_suffix(".safetensors"), lambda f: f.write(data))
-    save_json(config, stem.with_suffix(".json"))
-    return stem.with_suffix(".safetensors")
+    atomic_write(weights, lambda f: f.write(data))
+    save_json(config, sidecar)
+    return weights
+
+
+def check_not_checkpoint(out, checkpoint) -> None:
+    """An output path must not replace the checkpoint it was made from, or its JSON sidecar."""
+    ck = Path(checkpoint).resolve()
+    if Path(out).resolve() in (ck, ck.with_suffix(".json")):
+        raise UserError(f"--out {out} would overwrite the checkpoint {checkpoint} (or its .json); choose another --out")

@@ -151,8 +151,9 @@ def add_export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args, argv) -> int:
-    from . import export, infer
+    from . import checkpoint, export, infer
 
+    checkpoint.check_not_checkpoint(args.out, args.checkpoint)
     model = infer.load_generator(args.checkpoint, device="cpu")
     try:
         r = export.export(model, args.out, args.format, args.image_size, args.batch_size)

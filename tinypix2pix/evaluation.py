@@ -89,13 +89,19 @@ def main(args) -> int:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.image_size is not None and args.image_size <= 0:
         raise UserError(f"--image-size must be positive, got {args.image_size}")
+    out = Path(args.out) if args.out else default_json_path(args.checkpoint)
+    ckpt.check_not_checkpoint(out, args.checkpoint)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the JSON file to write, e.g. {out / 'eval.json'}")
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, task=args.task, task_args=args.task_arg,
                                  dataset_root=args.dataset_root, image_size=args.image_size, direction=args.direction,
                                  device=args.device, eval_images=args.eval_images, batch_size=args.batch_size,
                                  precision=args.precision)
     print(format_table(result))
-    out = Path(args.out) if args.out else default_json_path(args.checkpoint)
-    ckpt.save_json(result, out)
+    try:
+        ckpt.save_json(result, out)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     print(f"wrote {out}")
     return 0
 

@@ -134,8 +134,8 @@ def export(model: nn.Module, out, fmt: str = "onnx", image_size: int = 0, batch:
     if not image_size:
         recorded = getattr(model, "info", {}).get("image_size") or m
         image_size = recorded if recorded % m == 0 else m
-    if image_size % m:
-        raise UserError(f"--image-size {image_size} is not a multiple of {m} (2**depth, depth={model.depth})")
+    if image_size < 0 or image_size % m:
+        raise UserError(f"--image-size {image_size} must be a positive multiple of {m} (2**depth, depth={model.depth})")
     if batch < 1:
         raise UserError(f"--batch-size must be positive, got {batch}")
     shapes = check_shapes(model, image_size, batch)

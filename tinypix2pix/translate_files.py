@@ -113,7 +113,8 @@ def translate_files(model, inputs, out_dir, task=None, task_args=None, batch_siz
     names = output_names([rel for _, rel in files])
     sources = {f.resolve() for f, _ in files}
     for (f, _), name in zip(files, names):
-        for target in (out_dir / name, out_dir / "index.html"):
+        for target in (out_dir / name, out_dir / "index.html", out_dir / "index_files" / "input" / name,
+                       out_dir / "index_files" / "target" / name):
             if target.resolve() in sources:
                 raise UserError(f"writing {target} would overwrite the input {f}; choose another --out")
     try:
