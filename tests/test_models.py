@@ -44,6 +44,18 @@ def test_any_multiple_of_two_to_the_depth_works(size):
     assert UNetGenerator(ngf=4, depth=3)(torch.randn(1, 3, 24, 40)).shape == (1, 3, 24, 40)
 
 
+@pytest.mark.parametrize("size", [8, 16, 32, 64])
+def test_patchgan_grid_size_is_known_before_building(size):
+    for n in range(1, 6):
+        grid = PatchGANDiscriminator.grid_size(size, n)
+        if grid >= 1:
+            d = PatchGANDiscriminator(6, 4, n).eval()
+            assert d(torch.zeros(1, 3, size, size), torch.zeros(1, 3, size, size)).shape[-1] == grid == d.output_size(size)
+        else:
+            with pytest.raises(RuntimeError):  # what training would hit: the CLI refuses such a depth first
+                PatchGANDiscriminator(6, 4, n).eval()(torch.zeros(1, 3, size, size), torch.zeros(1, 3, size, size))
+
+
 def test_bad_size_names_nearest_valid_sizes():
     with pytest.raises(UserError, match=r"40x40 .* 32 or 64"):
         UNetGenerator(ngf=4)(torch.randn(1, 3, 40, 40))

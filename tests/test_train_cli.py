@@ -57,6 +57,9 @@ def test_offline_cifar_gives_clear_message(tmp_path):
     (["--image-size", "40", "--dataset", "fake"], "32 or 64"),
     (["--device", "tpu"], "--device"),
     (["--no-such-flag"], "unrecognized"),
+    (["--dataset", "fake", "--image-size", "16", "--depth", "4"], "--disc-layers 3 is too deep for 16 px images; use --disc-layers 2"),
+    (["--dataset", "fake", "--disc-layers", "6"], "use --disc-layers 3 or less"),
+    (["--dataset", "photos", "--image-size", "512"], "photos are too small"),
 ])
 def test_bad_flags_fail_in_one_line(args, needle, tmp_path):
     p = run_cli(*args, "--model-dir", tmp_path / "m", "--device" if "--device" not in args else "--seed", "cpu" if "--device" not in args else "1")

@@ -208,6 +208,8 @@ def photo_crops(spec: str, size: int) -> torch.Tensor:
         x = F.interpolate(img, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
         t = x.unfold(1, size, size).unfold(2, size, size)  # (3, nh//size, nw//size, size, size)
         tiles.append(t.permute(1, 2, 0, 3, 4).reshape(-1, 3, size, size))
+    if not tiles:  # the photo is smaller than `size` at every scale
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
     t = torch.cat(tiles).round().clamp(0, 255)
     t = t[t.flatten(1).std(dim=1) >= 4.0]
     return torch.cat([t, t.flip(-1)]).to(torch.uint8)
@@ -216,7 +218,11 @@ def photo_crops(spec: str, size: int) -> torch.Tensor:
 def load_photos(size: int) -> ImageData:
     train = [photo_crops(s, size) for g, specs in PHOTO_GROUPS.items() if g not in PHOTO_TEST for s in specs]
     test = [photo_crops(s, size) for g in PHOTO_TEST for s in PHOTO_GROUPS[g]]
-    return ImageData("photos", torch.cat(train), torch.cat(test))
+    train, test = torch.cat(train), torch.cat(test)
+    if not len(train) or not len(test):  # 3928 / 936 crops at 32 px, 36 / 8 at 256
+        raise UserError(f"--dataset photos has {len(train)} train / {len(test)} test crops at --image-size {size}: "
+                        f"its photos are too small for that; use --image-size 256 or less, or folder:PATH")
+    return ImageData("photos", train, test)
 
 
 # --- synthetic ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .gan import Pix2Pix
 from .errors import UserError
 from .images import sample_grid, save_png, to_model
 from .metrics import evaluate
-from .models import build_generator, count_parameters, generator_config
+from .models import PatchGANDiscriminator, build_generator, count_parameters, generator_config
 from .tasks import Pairing, build_task
 
 EVAL_SEED = 1234  # fixes the corruption of the evaluation pairs in every run
@@ -193,6 +193,10 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
     gen_cfg = generator_config(cfg.generator, in_ch, out_ch, cfg.ngf, cfg.depth, cfg.norm, cfg.dropout, residual)
     if cfg.image_size % 2 ** cfg.depth:
         build_generator(gen_cfg).check_size(cfg.image_size, cfg.image_size)  # raises with the nearest sizes
+    if PatchGANDiscriminator.grid_size(cfg.image_size, cfg.disc_layers) < 1:
+        fits = [n for n in range(1, cfg.disc_layers) if PatchGANDiscriminator.grid_size(cfg.image_size, n) >= 1]
+        raise UserError(f"--disc-layers {cfg.disc_layers} is too deep for {cfg.image_size} px images; "
+                        + (f"use --disc-layers {fits[-1]} or less" if fits else "use a larger --image-size"))
     steps_per_epoch = data.num_train // (cfg.batch_size * world)
     if steps_per_epoch == 0:
         raise UserError(f"{cfg.dataset} has {data.num_train} training images, fewer than one batch "

@@ -206,6 +206,13 @@ class PatchGANDiscriminator(nn.Module):
             rf = (rf - 1) * m.stride[0] + m.kernel_size[0]
         return rf
 
+    @staticmethod
+    def grid_size(size: int, n_layers: int) -> int:
+        """Side of the logit grid for `size` px inputs, without building the network (< 1: too deep)."""
+        for _ in range(n_layers):  # the stride-2 4x4 convs
+            size = (size - 2) // 2 + 1
+        return size - 2  # two stride-1 4x4 convs with padding 1
+
     def output_size(self, size: int) -> int:
         for m in self.model:
             if isinstance(m, nn.Conv2d):
