@@ -263,3 +263,12 @@ def test_a_new_state_drops_states_of_an_abandoned_run_and_keeps_two(tmp_path):
     for step in (6, 9):
         ckpt.save_state({"step": step}, tmp_path, step)
     assert [ckpt.load_state(p)["step"] for p in ckpt.list_states(tmp_path)] == [9, 6]
+
+
+def test_resume_keeps_the_saved_device_unless_told_otherwise():
+    from tinypix2pix.engine import merge_resume_config
+
+    saved = TrainConfig(device="cpu", batch_size=8).to_dict()
+    assert merge_resume_config(saved, TrainConfig(resume="latest"), {"resume"}).device == "cpu"  # not the CLI's "cuda"
+    assert merge_resume_config(saved, TrainConfig(resume="latest", device="auto"), {"resume", "device"}).device == "auto"
+    assert merge_resume_config(saved, TrainConfig(resume="latest"), {"resume"}).batch_size == 8

@@ -71,7 +71,7 @@ def merge_resume_config(saved: dict, cfg: TrainConfig, explicit: set) -> TrainCo
             raise UserError(f"--{name.replace('_', '-')} {now} differs from the run being resumed ({before}); "
                             f"resume with the same setting or start a new --model-dir")
         setattr(merged, name, now)
-    for name in ("model_dir", "resume", "device"):
+    for name in ("model_dir", "resume"):  # not device: a CPU run resumes on the CPU unless --device says otherwise
         setattr(merged, name, getattr(cfg, name))
     return merged.validate()
 
