@@ -139,12 +139,14 @@ def prepare_data(cfg: TrainConfig, device, in_memory: str = None):
     if len(data.test_b) == 0:
         raise UserError(f"{cfg.dataset}: the test split is empty")
     test_b = data.test_b if not cfg.eval_images else data.test_b[: cfg.eval_images]
-    g = torch.Generator(device=device).manual_seed(EVAL_SEED)
+    # Corrupted on the CPU, once: CUDA's generator draws other numbers for the same seed, and the
+    # pairs must be the same wherever a model is trained or evaluated.
+    g = torch.Generator().manual_seed(EVAL_SEED)
     eval_b, eval_a = [], []
     for i in range(0, len(test_b), 1024):
-        b = to_model(test_b[i:i + 1024].to(device))
-        eval_b.append(b)
-        eval_a.append(to_model(data.test_a[i:i + 1024].to(device)) if data.paired else task(b, g))
+        b = to_model(test_b[i:i + 1024].cpu())
+        eval_b.append(b.to(device))
+        eval_a.append(to_model(data.test_a[i:i + 1024].cpu()).to(device) if data.paired else task(b, g).to(device))
     return data, task, torch.cat(eval_a), torch.cat(eval_b)
 
 
