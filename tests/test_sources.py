@@ -94,6 +94,12 @@ def test_modes_formats_and_sizes_all_become_rgb_uint8(tmp_path):
     assert any(abs(np.array(c) - (200, 30, 60)).max() <= 3 for c in found)  # JPEG: close, not exact
     rgba_out = folders.fit(folders.read_image(tmp_path / "rgba.png"), 32)
     assert (rgba_out[:, :, :14] == 255).all() and (rgba_out[:, :, 18:] == torch.tensor([0, 0, 255])[:, None, None]).all()
+    sprite = Image.new("P", (40, 40), 0)  # a GIF sprite: red palette entry 0 is the transparent background
+    sprite.putpalette([255, 0, 0, 0, 0, 255])
+    sprite.paste(1, (20, 0, 40, 40))
+    sprite.save(tmp_path / "sprite.gif", transparency=0)
+    gif = folders.read_image(tmp_path / "sprite.gif")
+    assert (gif[:, :, :20] == 255).all() and (gif[:, :, 20:] == torch.tensor([0, 0, 255])[:, None, None]).all()
 
 
 def test_non_square_images_are_centre_cropped(tmp_path):

@@ -88,7 +88,8 @@ def read_image(path, max_pixels: int = MAX_PIXELS, header: tuple = None) -> torc
     path = Path(path)
     _, _, fmt, has_alpha = header or image_size(path, max_pixels)
     try:
-        if fmt in _TORCHVISION_FORMATS:
+        # torchvision's GIF decoder drops transparency (returns RGB): transparent GIFs go to Pillow
+        if fmt in _TORCHVISION_FORMATS and not (fmt == "GIF" and has_alpha):
             x = _decode_torchvision(path, has_alpha)
         else:
             x = _decode_pillow(path)
