@@ -5,6 +5,7 @@ rank 0 of 1 and no process group is created.
 """
 import os
 import sys
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -64,7 +65,18 @@ def warn0(message: str) -> None:
 
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=_control_group)  # gloo beside nccl: no NCCL timeout while a rank downloads
+
+
+@contextmanager
+def local_main_first():
+    """Local rank 0 runs the block first, then the other processes of its machine: one writer per
+    machine for downloads and extraction, the others then read the finished files."""
+    if local_rank() != 0:
+        barrier()
+    yield
+    if local_rank() == 0:
+        barrier()
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

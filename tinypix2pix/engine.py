@@ -182,7 +182,8 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    data, task, eval_a, eval_b = prepare_data(cfg, device)
+    with dist.local_main_first():  # under torchrun, one process per machine downloads CIFAR
+        data, task, eval_a, eval_b = prepare_data(cfg, device)
     # Seeded after loading, so that nothing a source does (DataLoader workers draw seeds from the
     # global generator) changes the initial weights. Per-rank seeds: different dropout per process.
     random.seed(cfg.seed + rank)
