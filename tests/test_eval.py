@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli
 from test_faults import make_malicious_checkpoint
@@ -67,3 +68,14 @@ def test_eval_refuses_unsafe_and_unknown_checkpoints(tmp_path):
     assert str(bad) in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = run_cli("eval", "--checkpoint", tmp_path / "nothing.safetensors", script=None)
     assert p.returncode == 2 and "does not exist" in p.stderr
+
+
+@pytest.mark.parametrize("side", [1, 2, 4, 5, 8, 32])
+def test_ssim_works_at_every_image_size(side):
+    """The 11 px window shrinks to fit small images (it used to crash at 5 px and below)."""
+    from tinypix2pix.metrics import ssim
+
+    torch.manual_seed(side)
+    a = torch.rand(2, 3, side, side)
+    b = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert torch.allclose(ssim(a, a), torch.ones(2)) and (ssim(a, b) < 0.999).all() and (ssim(a, b) > 0).all()

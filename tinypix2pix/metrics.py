@@ -29,8 +29,13 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     side = min(pred.shape[-2:])
     kernel = 11 if side >= 11 else max(1, side - (1 - side % 2))  # odd, at most the image side
-    return structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0, kernel_size=kernel,
-                                               reduction="none")
+    if kernel == 11:  # the standard window: Gaussian, sigma 1.5
+        window = {}
+    elif kernel >= 3:  # torchmetrics sizes a Gaussian window from sigma alone: 2 * int(3.5 sigma + 0.5) + 1
+        window = {"sigma": (kernel - 1) / 7}
+    else:
+        window = {"gaussian_kernel": False, "kernel_size": 1}
+    return structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0, reduction="none", **window)
 
 
 METRICS = {"mae": lambda p, t: mae(p, t), "psnr": lambda p, t: psnr(to_unit(p), to_unit(t)),
