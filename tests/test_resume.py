@@ -272,3 +272,14 @@ def test_resume_keeps_the_saved_device_unless_told_otherwise():
     assert merge_resume_config(saved, TrainConfig(resume="latest"), {"resume"}).device == "cpu"  # not the CLI's "cuda"
     assert merge_resume_config(saved, TrainConfig(resume="latest", device="auto"), {"resume", "device"}).device == "auto"
     assert merge_resume_config(saved, TrainConfig(resume="latest"), {"resume"}).batch_size == 8
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["train", *TINY, "--model-dir", str(out), "--max-steps", "3"]) == 0
+    metrics = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *TINY, "--model-dir", str(out), "--resume"]) == 0  # still --max-steps 3
+    said = capsys.readouterr().out
+    assert "nothing to do: the run in" in said and "larger --max-steps" in said
+    assert (out / "metrics.jsonl").read_bytes() == metrics  # not re-evaluated, nothing rewritten

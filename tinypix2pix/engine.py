@@ -246,6 +246,11 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
             dist.warn0(f"warning: the state was saved by {saved_world} process(es), this run has {world}: "
                        f"training continues, but not bit-identically")
         dist.print0(f"resumed from {path} at epoch {epoch + 1}, step {step}")
+    if resumed and (epoch >= total_epochs or (cfg.max_steps and step >= cfg.max_steps)):
+        more = ("--epochs (or --epochs-decay)" if epoch >= total_epochs else "--max-steps (0: all epochs)")
+        dist.print0(f"nothing to do: the run in {out} has done {epoch} of {total_epochs} epochs and {step} steps; "
+                    f"resume with a larger {more} to train on")
+        return {}  # before anything in the folder is rewritten
     if dist.is_main():
         ckpt.save_json({"config": cfg.to_dict(), "changed_from_default": changed_from_default(cfg),
                         "generator": gen_cfg}, out / "options.json")
@@ -314,8 +319,10 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
                     bar.close()
                     save_training_state()
                     name = signal.Signals(signals.received).name
+                    how = (f"python train.py --resume --model-dir {out}" if world == 1
+                           else "the same torchrun command with --resume added")
                     raise TrainingInterrupted(signals.received, f"{name} received: stopped after step {step}, training "
-                                              f"state saved in {out}; resume with: python train.py --resume --model-dir {out}")
+                                              f"state saved in {out}; resume with: {how}")
             bar.close()
             seconds = time.perf_counter() - t0
             if stop and epoch_step == 0:
