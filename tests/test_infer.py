@@ -110,6 +110,20 @@ def test_translate_types_shapes_and_sizes():
         translate(model, torch.rand(32, 32))
 
 
+def test_high_depth_gray_images_mean_the_same_through_the_api_and_from_files(tmp_path):
+    """A float image in [0, 1], a 16-bit and an 8-bit one of the same gray give the same output,
+    in memory (PIL) and read from a file by `translate`."""
+    same = identity_model()
+    images = {"F": Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F"),
+              "I;16": Image.fromarray(np.full((8, 8), 32768, np.uint16)), "L": Image.new("L", (8, 8), 128)}
+    for mode, im in images.items():
+        im.save(tmp_path / f"{mode.replace(';', '')}.tiff")
+        assert np.abs(np.asarray(translate(same, im), np.int16) - 128).max() <= 1, mode
+    written = translate_files(same, [tmp_path], tmp_path / "out", log=lambda m: None)["written"]
+    for p in written:
+        assert np.abs(np.asarray(Image.open(p), np.int16) - 128).max() <= 1, p.name
+
+
 def test_padding_is_cropped_back_exactly():
     model = identity_model()  # out = in, so any misaligned crop shows
     for h, w in ((37, 50), (1, 1), (3, 40), (8, 8), (9, 17)):

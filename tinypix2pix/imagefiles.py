@@ -26,6 +26,24 @@ MAX_PIXELS = 64 * 2 ** 20  # 64 Mpx: far above any small-image use, far below a 
 _TORCHVISION_FORMATS = {"JPEG", "MPO", "WEBP", "GIF"}  # not PNG: see the module docstring
 
 
+HIGH_DEPTH_GRAY = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def gray_unit(im):
+    """A 16-bit, 32-bit or float gray PIL image -> float32 array in [0, 1]. The scale is guessed
+    from the values: 16-bit modes or values above 255 are 16-bit, float images up to 1.0 are
+    already in [0, 1], the rest is 8-bit range."""
+    import numpy as np
+
+    a = np.nan_to_num(np.asarray(im, dtype=np.float32))
+    top = float(a.max()) if a.size else 0.0
+    if im.mode.startswith("I;16") or top > 255:
+        peak = 65535.0
+    else:
+        peak = 1.0 if im.mode == "F" and top <= 1.0 else 255.0
+    return np.clip(a / peak, 0.0, 1.0)
+
+
 class UnreadableImage(Exception):
     """A file that is not a usable image (empty, truncated, not an image, too large)."""
 
@@ -130,14 +148,8 @@ def _decode_pillow(path: Path) -> torch.Tensor:
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit/float gray: keep the precision until scaling
-            a = np.nan_to_num(np.asarray(im, dtype=np.float32))
-            top = float(a.max()) if a.size else 0.0
-            if im.mode.startswith("I;16") or top > 255:
-                peak = 65535.0
-            else:
-                peak = 1.0 if im.mode == "F" and top <= 1.0 else 255.0
-            g = torch.from_numpy(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))[None]
+        if im.mode in HIGH_DEPTH_GRAY:  # 16/32-bit/float gray: keep the precision until scaling
+            g = torch.from_numpy((gray_unit(im) * 255.0 + 0.5).astype(np.uint8))[None]
             return g.expand(3, -1, -1).contiguous()
         has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
         im = im.convert("RGBA" if has_alpha else "RGB")

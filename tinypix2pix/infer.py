@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import official
 from .errors import UserError
+from .imagefiles import HIGH_DEPTH_GRAY, gray_unit
 from .models import build_generator
 from .devices import resolve_device
 from .tasks import build_task, luma
@@ -224,10 +225,8 @@ def _pil_to_tensor(im) -> torch.Tensor:
     """PIL image -> float [0, 1] (1 or 3, H, W); alpha onto white, 16-bit scaled."""
     import numpy as np
 
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return torch.from_numpy(np.clip(a / peak, 0, 1))[None]
+    if im.mode in HIGH_DEPTH_GRAY:
+        return torch.from_numpy(gray_unit(im))[None]
     if im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info:
         im = im.convert("RGBA")
         x = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255
