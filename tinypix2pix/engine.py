@@ -163,6 +163,9 @@ def train(cfg: TrainConfig, explicit: set = frozenset()) -> dict:
 def _train(cfg: TrainConfig, explicit: set, device) -> dict:
     rank, world = dist.rank(), dist.world_size()
     if world > 1 and device.type == "cuda":
+        if dist.local_rank() >= torch.cuda.device_count():
+            raise UserError(f"torchrun started process {dist.local_rank()} of this machine, but it has "
+                            f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node={torch.cuda.device_count()} or less")
         device = torch.device("cuda", dist.local_rank())
         torch.cuda.set_device(device)
     resumed = None
