@@ -136,6 +136,9 @@ def check_writable(folder) -> Path:
     return folder
 
 
+RUN_FILES = re.compile(r"(train_state_\d+\.pt|metrics\.jsonl|generator_(best|last)\.safetensors|generator_epoch_\d+\.pt)$")
+
+
 def check_no_run(folder) -> None:
     """A new run must not replace an earlier run's files (its states, metrics and best weights
     would be overwritten or trimmed as the new run saves): continue it or use another folder."""
@@ -145,9 +148,6 @@ def check_no_run(folder) -> None:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise UserError(f"--model-dir {folder} already holds a training run ({shown}); continue it with --resume, "
                         f"or pass a new --model-dir (or delete those files to start over there)")
-
-
-RUN_FILES = re.compile(r"(train_state_\d+\.pt|metrics\.jsonl|generator_(best|last)\.safetensors|generator_epoch_\d+\.pt)$")
 
 
 # --- training state ---------------------------------------------------------------------

@@ -150,6 +150,16 @@ def prepare_data(cfg: TrainConfig, device, in_memory: str = None):
     return data, task, torch.cat(eval_a), torch.cat(eval_b)
 
 
+def check_sizes(cfg: TrainConfig) -> None:
+    """--image-size must suit both networks: a multiple of 2**depth for G, logits left for D."""
+    if cfg.image_size % 2 ** cfg.depth:  # raises with the nearest valid sizes
+        build_generator(generator_config(cfg.generator, ngf=cfg.ngf, depth=cfg.depth)).check_size(cfg.image_size, cfg.image_size)
+    if PatchGANDiscriminator.grid_size(cfg.image_size, cfg.disc_layers) < 1:
+        fits = [n for n in range(1, cfg.disc_layers) if PatchGANDiscriminator.grid_size(cfg.image_size, n) >= 1]
+        raise UserError(f"--disc-layers {cfg.disc_layers} is too deep for {cfg.image_size} px images; "
+                        + (f"use --disc-layers {fits[-1]} or less" if fits else "use a larger --image-size"))
+
+
 def train(cfg: TrainConfig, explicit: set = frozenset()) -> dict:
     """Run training as configured; returns the last epoch's metrics."""
     device = resolve_device(cfg.device)
@@ -185,6 +195,7 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    check_sizes(cfg)  # before loading anything
     with dist.local_main_first():  # under torchrun, one process per machine downloads CIFAR
         data, task, eval_a, eval_b = prepare_data(cfg, device)
     # Seeded after loading, so that nothing a source does (DataLoader workers draw seeds from the
@@ -197,12 +208,6 @@ def _train(cfg: TrainConfig, explicit: set, device) -> dict:
     if residual and in_ch < out_ch and in_ch != 1:
         raise UserError(f"--residual on needs the input to have the output's {out_ch} channels (or 1); it has {in_ch}")
     gen_cfg = generator_config(cfg.generator, in_ch, out_ch, cfg.ngf, cfg.depth, cfg.norm, cfg.dropout, residual)
-    if cfg.image_size % 2 ** cfg.depth:
-        build_generator(gen_cfg).check_size(cfg.image_size, cfg.image_size)  # raises with the nearest sizes
-    if PatchGANDiscriminator.grid_size(cfg.image_size, cfg.disc_layers) < 1:
-        fits = [n for n in range(1, cfg.disc_layers) if PatchGANDiscriminator.grid_size(cfg.image_size, n) >= 1]
-        raise UserError(f"--disc-layers {cfg.disc_layers} is too deep for {cfg.image_size} px images; "
-                        + (f"use --disc-layers {fits[-1]} or less" if fits else "use a larger --image-size"))
     steps_per_epoch = data.num_train // (cfg.batch_size * world)
     if steps_per_epoch == 0:
         raise UserError(f"{cfg.dataset} has {data.num_train} training images, fewer than one batch "

@@ -214,10 +214,7 @@ class PatchGANDiscriminator(nn.Module):
         return size - 2  # two stride-1 4x4 convs with padding 1
 
     def output_size(self, size: int) -> int:
-        for m in self.model:
-            if isinstance(m, nn.Conv2d):
-                size = (size + 2 * m.padding[0] - m.kernel_size[0]) // m.stride[0] + 1
-        return size
+        return self.grid_size(size, self.n_layers)
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
